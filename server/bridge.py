@@ -1,0 +1,138 @@
+"""Runs one call's handler on a worker thread, joined to the event loop by two small queues.
+
+Handlers are plain blocking code (decode, infer, encode); the event loop must stay
+free for other calls and health checks. The loop side feeds input chunks into a
+bounded inbox and takes parts from a bounded outbox, so a handler never reads ahead
+of the network and never produces faster than the caller reads: memory per call is
+a few chunks, whatever the input size.
+
+When the call ends early (the caller went away, a deadline passed, the input broke
+a limit), ``abort`` wakes the handler thread: its next read of input or write of a
+part raises ``handlers.base.Cancelled``, and the parts generator is closed so the
+handler's ``finally`` blocks run (temporary files removed, interpreters returned).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from typing import Any, AsyncIterator, Coroutine, Iterator
+
+from handlers.base import Cancelled, Function, Params, Request
+
+_END = object()
+
+
+class _Failure:
+    """Carries an exception across the queue, raised where it is taken out."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class Header:
+    """The first thing a run yields: how to label what follows."""
+
+    def __init__(self, content_type: str, partial_results: bool) -> None:
+        self.content_type = content_type
+        self.partial_results = partial_results
+
+
+class HandlerRun:
+    """One handler invocation: ``feed`` chunks in, iterate ``outputs`` for a Header then parts."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue_size: int = 2) -> None:
+        self._loop = loop
+        self._inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=queue_size)
+        self._outbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=queue_size)
+        self._lock = threading.Lock()
+        self._aborted = False
+        self._pending: concurrent.futures.Future[Any] | None = None
+
+    # ---- loop side -------------------------------------------------------
+
+    async def feed(self, chunk: bytes) -> None:
+        """Hand the handler one more chunk; waits while it is busy (flow control)."""
+        await self._inbox.put(chunk)
+
+    async def end_input(self) -> None:
+        await self._inbox.put(_END)
+
+    async def fail_input(self, exc: BaseException) -> None:
+        """The input broke a rule (too large, malformed): the handler's next read raises it."""
+        await self._inbox.put(_Failure(exc))
+
+    async def outputs(self) -> AsyncIterator[Any]:
+        """A Header, then each part (bytes), until the handler is done; raises its error."""
+        while True:
+            item = await self._outbox.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+
+    def abort(self) -> None:
+        """Stop the handler thread at its next read or write; safe to call twice."""
+        with self._lock:
+            self._aborted = True
+            if self._pending is not None:
+                self._pending.cancel()
+
+    # ---- thread side -----------------------------------------------------
+
+    def run(self, function: Function, params: Params, collect: bool) -> None:
+        """The thread's body: call the handler, pass its reply out, report its error."""
+        parts = None
+        try:
+            reply = function.handle(Request(params=params, chunks=self._chunks()))
+            parts = reply.parts
+            partial = reply.partial_results and not collect
+            self._emit(Header(reply.content_type, partial))
+            if reply.partial_results and collect:
+                self._emit(function.collect(parts))
+            else:
+                for part in parts:
+                    if part:
+                        self._emit(part)
+            self._emit(_END)
+        except Cancelled:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - every error must reach the caller
+            try:
+                self._emit(_Failure(exc))
+            except Cancelled:
+                pass
+        finally:
+            close = getattr(parts, "close", None)
+            if close is not None:
+                close()
+
+    def _chunks(self) -> Iterator[bytes]:
+        while True:
+            item = self._await(self._inbox.get())
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+
+    def _emit(self, item: Any) -> None:
+        self._await(self._outbox.put(item))
+
+    def _await(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        """Run a queue operation on the loop and wait for it, unless the call was aborted."""
+        with self._lock:
+            if self._aborted:
+                coroutine.close()
+                raise Cancelled()
+            future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+            self._pending = future
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise Cancelled() from None
+        finally:
+            with self._lock:
+                self._pending = None

@@ -1,0 +1,201 @@
+"""All of the service's settings, built once from defaults < YAML < environment < flags.
+
+One frozen ``Settings`` object is made in ``main`` and handed down; nothing reads the
+environment or a file anywhere else. The registry of functions (name, handler module,
+description, limits, worker addresses) is part of the same YAML file, so a
+deployment edits one file, or overrides single values with DCF_* variables and flags.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+DEFAULT_CONFIG = Path(__file__).with_name("functions.yaml")
+
+MiB = 1 << 20
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names it."""
+
+
+def parse_size(value: int | str, name: str) -> int:
+    """Bytes from an int or a string such as '64MiB', '1G' or '512k' (binary units)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}: expected a size, got {value!r}")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE.match(str(value))
+        if not match:
+            raise ConfigError(f"{name}: expected a size such as 64MiB, got {value!r}")
+        size = int(match.group(1)) * _UNITS[(match.group(2) or "")[:1].upper()]
+    if size < 0:
+        raise ConfigError(f"{name}: must not be negative, got {value!r}")
+    return size
+
+
+@dataclass(frozen=True)
+class FunctionConfig:
+    """One entry of the function registry."""
+
+    name: str
+    handler: str
+    description: str = ""
+    input_type: str = "application/octet-stream"
+    output_type: str = "application/octet-stream"
+    aliases: tuple[str, ...] = ()
+    max_input_bytes: int = 0  # 0: no limit
+    max_concurrency: int = 0  # 0: no limit
+    workers: tuple[str, ...] = ()
+    params: Mapping[str, str] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_yaml(cls, name: str, entry: Mapping[str, Any]) -> "FunctionConfig":
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"functions.{name}: expected a mapping")
+        known = {f.name for f in fields(cls)} - {"name"}
+        unknown = set(entry) - known
+        if unknown:
+            raise ConfigError(f"functions.{name}: unknown keys {sorted(unknown)}")
+        if "handler" not in entry:
+            raise ConfigError(f"functions.{name}: 'handler' is required")
+        workers = entry.get("workers", ())
+        if isinstance(workers, str):
+            workers = [w for w in workers.split(",") if w]
+        return cls(
+            name=name,
+            handler=str(entry["handler"]),
+            description=str(entry.get("description", "")),
+            input_type=str(entry.get("input_type", cls.input_type)),
+            output_type=str(entry.get("output_type", cls.output_type)),
+            aliases=tuple(str(a) for a in entry.get("aliases", ())),
+            max_input_bytes=parse_size(entry.get("max_input_bytes", 0), f"{name}.max_input_bytes"),
+            max_concurrency=int(entry.get("max_concurrency", 0)),
+            workers=tuple(str(w) for w in workers),
+            params={str(k): str(v) for k, v in (entry.get("params") or {}).items()},
+            options=dict(entry.get("options") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a role needs to run. Sizes in bytes, times in seconds."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    chunk_bytes: int = MiB
+    max_invoke_bytes: int = 64 * MiB
+    grace_seconds: float = 10.0
+    log_level: str = "INFO"
+    functions: tuple[FunctionConfig, ...] = ()
+
+    def function(self, name: str) -> FunctionConfig | None:
+        """The registry entry called ``name`` or having it as an alias."""
+        for fn in self.functions:
+            if fn.name == name or name in fn.aliases:
+                return fn
+        return None
+
+    def with_routes(self, routes: Mapping[str, tuple[str, ...]]) -> "Settings":
+        """Point functions at other workers, as --route NAME=HOST:PORT[,HOST:PORT] does."""
+        functions = list(self.functions)
+        for name, addresses in routes.items():
+            for i, fn in enumerate(functions):
+                if fn.name == name or name in fn.aliases:
+                    functions[i] = replace(fn, workers=tuple(addresses))
+                    break
+            else:
+                raise ConfigError(f"--route {name}: no such function")
+        return replace(self, functions=tuple(functions))
+
+
+# Environment variables and the Settings fields they set.
+ENVIRONMENT = {
+    "DCF_HOST": "host",
+    "DCF_PORT": "port",
+    "DCF_CHUNK_BYTES": "chunk_bytes",
+    "DCF_MAX_INVOKE_BYTES": "max_invoke_bytes",
+    "DCF_GRACE_SECONDS": "grace_seconds",
+    "DCF_LOG_LEVEL": "log_level",
+}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name in ("chunk_bytes", "max_invoke_bytes"):
+        return parse_size(value, name)
+    if name == "port":
+        port = int(value)
+        if not 0 <= port < 65536:
+            raise ConfigError(f"port: expected 0..65535, got {value!r}")
+        return port
+    if name == "grace_seconds":
+        return float(value)
+    return str(value)
+
+
+def load_settings(
+    config_path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Defaults, then the YAML file, then DCF_* variables, then ``overrides`` (flags).
+
+    The file is ``config_path`` if given, else $DCF_CONFIG, else the packaged
+    server/functions.yaml.
+    """
+    environ = os.environ if environ is None else environ
+    path = Path(config_path or environ.get("DCF_CONFIG") or DEFAULT_CONFIG)
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+    if not isinstance(document, Mapping):
+        raise ConfigError(f"config {path}: expected a mapping at the top")
+
+    values: dict[str, Any] = {}
+    for key, value in (document.get("server") or {}).items():
+        if key not in ENVIRONMENT.values():
+            raise ConfigError(f"config {path}: unknown server setting {key!r}")
+        values[key] = value
+    for variable, key in ENVIRONMENT.items():
+        if environ.get(variable):
+            values[key] = environ[variable]
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+    try:
+        values = {key: _coerce(key, value) for key, value in values.items()}
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+
+    functions = tuple(
+        FunctionConfig.from_yaml(str(name), entry)
+        for name, entry in (document.get("functions") or {}).items()
+    )
+    names = [n for fn in functions for n in (fn.name, *fn.aliases)]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise ConfigError(f"config {path}: names used twice: {sorted(duplicates)}")
+    return Settings(functions=functions, **values)
+
+
+def parse_route(text: str) -> tuple[str, tuple[str, ...]]:
+    """'ssd=10.0.0.5:50061,10.0.0.6:50061' -> ('ssd', ('10.0.0.5:50061', '10.0.0.6:50061'))."""
+    name, sep, addresses = text.partition("=")
+    targets = tuple(a.strip() for a in addresses.split(",") if a.strip())
+    if not sep or not name or not targets:
+        raise ConfigError(f"--route {text!r}: expected NAME=HOST:PORT[,HOST:PORT...]")
+    return name.strip(), targets

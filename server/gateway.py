@@ -1,0 +1,214 @@
+"""The gateway: dcf.v1.Gateway, a pass-through from callers to each function's workers.
+
+It knows functions only by their registry entries (name, aliases, limits, worker
+addresses), never by what their bytes mean. For every call it opens one streaming
+call to a worker and relays both ways at once: the caller's chunks go up as they
+arrive, the worker's answer comes down as it is produced. Nothing is buffered
+beyond what gRPC's flow control holds, so a slow reader slows the writer and a
+gigabyte passes in constant memory. Deadlines travel to the worker; a caller that
+goes away cancels the worker's call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import AsyncIterator, Iterator
+
+import grpc
+
+from handlers.base import InvalidInput, NotFound, TooLarge
+from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
+from server import errors, stream
+from server.config import FunctionConfig, Settings
+from server.routing import Routes
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    """Routing and admission shared by every front (dcf.v1 and, later, others)."""
+
+    def __init__(self, settings: Settings, routes: Routes) -> None:
+        self.settings = settings
+        self.routes = routes
+        self._in_flight: dict[str, int] = {}
+
+    def resolve(self, name: str) -> FunctionConfig:
+        fn = self.settings.function(name)
+        if fn is None:
+            known = ", ".join(f.name for f in self.settings.functions)
+            raise NotFound(f"no function named {name!r} (known: {known})")
+        return fn
+
+    @contextlib.contextmanager
+    def admit(self, fn: FunctionConfig) -> Iterator[None]:
+        """Count a call against the function's concurrency limit, or refuse it."""
+        count = self._in_flight.get(fn.name, 0)
+        if fn.max_concurrency and count >= fn.max_concurrency:
+            raise TooLarge(f"{fn.name}: too many calls in flight (at most {fn.max_concurrency})")
+        self._in_flight[fn.name] = count + 1
+        try:
+            yield
+        finally:
+            self._in_flight[fn.name] -= 1
+
+    async def relay(
+        self,
+        fn: FunctionConfig,
+        header: dcf_pb2.CallHeader,
+        chunks: AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[dcf_pb2.CallResponse]:
+        """Stream ``chunks`` to a worker of ``fn`` and yield its responses.
+
+        Raises a FunctionError (or CallError with the worker's own status) on failure.
+        """
+        stub = self.routes.stub(fn.name)
+        if stub is None:
+            raise errors.CallError(
+                grpc.StatusCode.UNAVAILABLE, f"{fn.name}: no worker is configured"
+            )
+        call = stub.Call(timeout=context.time_remaining())
+        upstream = asyncio.create_task(self._send(call, fn, header, chunks))
+        try:
+            async for response in call:
+                yield response
+            if upstream.done() and upstream.exception() is not None:
+                raise upstream.exception()
+        except asyncio.CancelledError:
+            # The worker call is cancelled locally when the input broke a rule.
+            if upstream.done() and not upstream.cancelled() and upstream.exception():
+                current = asyncio.current_task()
+                if current is None or not current.cancelling():
+                    raise upstream.exception() from None
+            raise
+        except grpc.aio.AioRpcError as exc:
+            if upstream.done() and not upstream.cancelled() and upstream.exception():
+                raise upstream.exception() from None
+            raise self._worker_error(fn, exc) from None
+        finally:
+            upstream.cancel()
+            call.cancel()
+
+    async def _send(
+        self,
+        call: grpc.aio.StreamStreamCall,
+        fn: FunctionConfig,
+        header: dcf_pb2.CallHeader,
+        chunks: AsyncIterator[bytes],
+    ) -> None:
+        """Write the header and chunks to the worker; on a rule broken, cancel it and raise."""
+        forwarded = dcf_pb2.CallHeader(function=fn.name, collect=header.collect)
+        forwarded.params.update(header.params)
+        try:
+            await call.write(dcf_pb2.CallRequest(header=forwarded))
+            async for chunk in chunks:
+                await call.write(dcf_pb2.CallRequest(chunk=chunk))
+            await call.done_writing()
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            # The worker ended the call; its own status arrives on the response side.
+            return
+        except Exception:
+            call.cancel()
+            raise
+
+    def _worker_error(self, fn: FunctionConfig, exc: grpc.aio.AioRpcError) -> errors.CallError:
+        code = exc.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return errors.CallError(
+                code, f"{fn.name}: worker unavailable ({self.routes.target(fn.name)})"
+            )
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return errors.CallError(code, f"{fn.name}: deadline exceeded")
+        return errors.CallError(code, exc.details() or code.name)
+
+
+class GatewayServicer(dcf_pb2_grpc.GatewayServicer):
+    """dcf.v1.Gateway: a thin adapter from messages to ``Gateway``."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        self._settings = gateway.settings
+
+    async def Call(
+        self,
+        request_iterator: AsyncIterator[dcf_pb2.CallRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[dcf_pb2.CallResponse]:
+        failure: BaseException | None = None
+        try:
+            header = await stream.read_header(request_iterator)
+            fn = self._gateway.resolve(header.function)
+            with self._gateway.admit(fn):
+                chunks = stream.read_chunks(request_iterator, fn.name, fn.max_input_bytes)
+                async for response in self._gateway.relay(fn, header, chunks, context):
+                    yield response
+        except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
+            failure = exc
+        if failure is not None:
+            await errors.abort(context, failure)
+
+    async def Invoke(
+        self, request: dcf_pb2.InvokeRequest, context: grpc.aio.ServicerContext
+    ) -> dcf_pb2.InvokeResponse:
+        try:
+            return await self._invoke(request, context)
+        except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
+            await errors.abort(context, exc)
+            raise  # unreachable: abort raises
+
+    async def _invoke(
+        self, request: dcf_pb2.InvokeRequest, context: grpc.aio.ServicerContext
+    ) -> dcf_pb2.InvokeResponse:
+        if not request.function:
+            raise InvalidInput("the request names no function")
+        fn = self._gateway.resolve(request.function)
+        if fn.max_input_bytes and len(request.input) > fn.max_input_bytes:
+            raise TooLarge(f"{fn.name}: input exceeds the limit of {fn.max_input_bytes} bytes")
+        header = dcf_pb2.CallHeader(function=fn.name, collect=True)
+        header.params.update(request.params)
+        limit = self._settings.max_invoke_bytes
+        content_type = ""
+        body: list[bytes] = []
+        size = 0
+        with self._gateway.admit(fn):
+            chunks = _aiter(stream.split(request.input, self._settings.chunk_bytes))
+            async for response in self._gateway.relay(fn, header, chunks, context):
+                kind = response.WhichOneof("kind")
+                if kind == "header":
+                    content_type = response.header.content_type
+                    continue
+                piece = response.chunk if kind == "chunk" else response.result
+                size += len(piece)
+                if size > limit:
+                    raise TooLarge(
+                        f"{fn.name}: output exceeds the Invoke limit of {limit} bytes; use Call"
+                    )
+                body.append(piece)
+        return dcf_pb2.InvokeResponse(output=b"".join(body), content_type=content_type)
+
+    async def ListFunctions(
+        self, request: dcf_pb2.ListFunctionsRequest, context: grpc.aio.ServicerContext
+    ) -> dcf_pb2.ListFunctionsResponse:
+        return dcf_pb2.ListFunctionsResponse(
+            functions=[function_info(fn) for fn in self._settings.functions]
+        )
+
+
+def function_info(fn: FunctionConfig) -> dcf_pb2.FunctionInfo:
+    return dcf_pb2.FunctionInfo(
+        name=fn.name,
+        description=fn.description,
+        input_content_type=fn.input_type,
+        output_content_type=fn.output_type,
+        aliases=list(fn.aliases),
+        max_input_bytes=fn.max_input_bytes,
+        params=dict(fn.params),
+    )
+
+
+async def _aiter(items: list[memoryview]) -> AsyncIterator[bytes]:
+    for item in items:
+        yield bytes(item)

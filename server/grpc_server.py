@@ -1,0 +1,84 @@
+"""One way to start a gRPC server, shared by every role and by the tests.
+
+Every server dcf runs has standard health checking and server reflection, binds
+its port with SO_REUSEPORT off (so two servers never silently share a port),
+reports the port it really bound (tests pass port 0), and shuts down the way
+Kubernetes expects: health goes NOT_SERVING first, then calls in flight get a grace
+period to finish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+Adder = Callable[[grpc.aio.Server], None]
+
+
+def message_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """Channel/server options allowing messages up to ``max_message_bytes`` both ways."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+@dataclass
+class Served:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+
+    async def set_serving(self, service: str, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self.health.set(service, status)
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    adders: Iterable[Adder],
+    service_names: Iterable[str],
+    host: str,
+    port: int,
+    max_message_bytes: int,
+    grace_seconds: float,
+) -> AsyncIterator[Served]:
+    """Start a server with ``adders``' servicers plus health and reflection; stop it on exit."""
+    server = grpc.aio.server(
+        options=[*message_options(max_message_bytes), ("grpc.so_reuseport", 0)]
+    )
+    names = list(service_names)
+    for add in adders:
+        add(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bound = server.add_insecure_port(address)
+    if not bound:
+        raise OSError(f"cannot listen on {address}")
+    await server.start()
+    served = Served(server=server, port=bound, health=health_servicer)
+    for name in ("", *names):
+        await served.set_serving(name, True)
+    log.info("listening on %s:%d (%s)", host, bound, ", ".join(names))
+    try:
+        yield served
+    finally:
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(grace_seconds)

@@ -1,0 +1,38 @@
+"""Running a function in this process, with no server: the client's ``--local``.
+
+It takes the same registry entry, the same param check, the same size limit and the
+same handler as a worker, so a local result equals the served one byte for byte
+(the original DCF's "local device versus function" check, built in).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Mapping
+
+from handlers.base import NotFound, Reply, Request, TooLarge
+from server.config import Settings
+from server.stream import check_params
+from server.worker import load_function
+
+
+def _limited(chunks: Iterable[bytes], name: str, max_bytes: int) -> Iterator[bytes]:
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if max_bytes and total > max_bytes:
+            raise TooLarge(f"{name}: input exceeds the limit of {max_bytes} bytes")
+        yield chunk
+
+
+def run_local(
+    settings: Settings, name: str, params: Mapping[str, str], chunks: Iterable[bytes]
+) -> Reply:
+    """The function's reply for ``chunks``; raises FunctionError as a worker would."""
+    config = settings.function(name)
+    if config is None:
+        known = ", ".join(fn.name for fn in settings.functions)
+        raise NotFound(f"no function named {name!r} (known: {known})")
+    function = load_function(config)
+    checked = check_params(config.name, params, function.params)
+    return function.handle(Request(checked, _limited(chunks, config.name, config.max_input_bytes)))
+

@@ -1,0 +1,57 @@
+"""The Call stream's framing, shared by the gateway and the worker: a header, then chunks.
+
+Both read the same request stream, so both refuse a malformed one the same way
+(INVALID_ARGUMENT) and count input bytes against the same limit (RESOURCE_EXHAUSTED
+the moment it is crossed, without reading the rest).
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator, Mapping
+
+from handlers.base import InvalidInput, Params, TooLarge
+from protos.dcf.v1 import dcf_pb2
+
+
+async def read_header(requests: AsyncIterator[dcf_pb2.CallRequest]) -> dcf_pb2.CallHeader:
+    """The first message, which must be a header naming a function."""
+    try:
+        first = await anext(requests)
+    except StopAsyncIteration:
+        raise InvalidInput("empty stream: the first message must be a header") from None
+    if first.WhichOneof("kind") != "header":
+        raise InvalidInput("the first message must be a header naming the function")
+    if not first.header.function:
+        raise InvalidInput("the header names no function")
+    return first.header
+
+
+async def read_chunks(
+    requests: AsyncIterator[dcf_pb2.CallRequest], function: str, max_bytes: int
+) -> AsyncIterator[bytes]:
+    """The chunks after the header; raises TooLarge as soon as ``max_bytes`` is crossed."""
+    total = 0
+    async for request in requests:
+        if request.WhichOneof("kind") != "chunk":
+            raise InvalidInput("a header may only be the first message of a stream")
+        total += len(request.chunk)
+        if max_bytes and total > max_bytes:
+            raise TooLarge(f"{function}: input exceeds the limit of {max_bytes} bytes")
+        yield request.chunk
+
+
+def check_params(function: str, given: Mapping[str, str], accepted: Mapping[str, str]) -> Params:
+    """Params as the handler reads them; a name the function does not take is refused."""
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        takes = ", ".join(sorted(accepted)) or "no params"
+        raise InvalidInput(f"{function}: unknown param {', '.join(unknown)} (it takes {takes})")
+    return Params(given)
+
+
+def split(data: bytes | memoryview, size: int) -> list[memoryview]:
+    """Slices of at most ``size`` bytes without copying; one empty slice for empty data."""
+    view = memoryview(data)
+    if not view:
+        return []
+    return [view[i : i + size] for i in range(0, len(view), size)]

@@ -1,0 +1,91 @@
+"""The embedded default's worker processes: start each, restart it if it dies, stop them all.
+
+Workers are separate processes started with ``python -m server worker NAME`` before
+the gateway creates any gRPC object (forking after gRPC has started is a known
+trap), exactly as a deployment starts them elsewhere. A worker that exits is
+started again after a growing pause, so one crash does not take a function down
+for good and a broken one (say, a missing model) does not spin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0"}
+
+
+@dataclass
+class WorkerProcess:
+    name: str
+    port: int
+    argv: list[str]
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+def local_port(address: str) -> int | None:
+    """The port of a worker address this machine should serve, or None if it is remote."""
+    host, _, port = address.rpartition(":")
+    if host in LOCAL_HOSTS and port.isdigit():
+        return int(port)
+    return None
+
+
+class Supervisor:
+    """Keeps one process per local worker running until ``stop``."""
+
+    def __init__(self, workers: list[WorkerProcess], max_backoff: float = 30.0) -> None:
+        self._workers = workers
+        self._max_backoff = max_backoff
+        self._stopping = False
+
+    @staticmethod
+    def command(name: str, port: int, config_args: list[str]) -> list[str]:
+        return [sys.executable, "-m", "server", "worker", name, "--port", str(port), *config_args]
+
+    async def start(self) -> None:
+        for worker in self._workers:
+            worker.task = asyncio.create_task(self._keep(worker), name=f"supervise-{worker.name}")
+
+    async def _keep(self, worker: WorkerProcess) -> None:
+        backoff = 0.5
+        while not self._stopping:
+            worker.process = await asyncio.create_subprocess_exec(*worker.argv)
+            log.info("worker %s started (pid %d, port %d)", worker.name, worker.process.pid, worker.port)
+            started = asyncio.get_running_loop().time()
+            code = await worker.process.wait()
+            if self._stopping:
+                return
+            if asyncio.get_running_loop().time() - started > 60:
+                backoff = 0.5
+            log.warning(
+                "worker %s exited with %s; restarting in %.1f s", worker.name, code, backoff
+            )
+            worker.restarts += 1
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self._max_backoff)
+
+    async def stop(self, grace_seconds: float) -> None:
+        """SIGTERM every worker, wait for them to finish their calls, then kill stragglers."""
+        self._stopping = True
+        running = [w for w in self._workers if w.process and w.process.returncode is None]
+        for worker in running:
+            worker.process.send_signal(signal.SIGTERM)
+        for worker in running:
+            try:
+                await asyncio.wait_for(worker.process.wait(), grace_seconds + 5)
+            except asyncio.TimeoutError:
+                log.warning("worker %s did not stop in time; killing it", worker.name)
+                worker.process.kill()
+                await worker.process.wait()
+        for worker in self._workers:
+            if worker.task:
+                worker.task.cancel()
+                await asyncio.gather(worker.task, return_exceptions=True)

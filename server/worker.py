@@ -1,0 +1,137 @@
+"""The worker host: serves one function's handler over dcf.v1.Worker.
+
+The servicer is an adapter. It reads the header, checks params, and starts a
+``HandlerRun`` on the worker's thread pool; then it feeds the run the input chunks
+as they arrive and streams back what the handler yields. Handlers never run on the
+event loop, so health checks answer while a model computes.
+
+A worker takes at most ``concurrency`` calls at once (one thread each) and refuses
+the next with RESOURCE_EXHAUSTED rather than queueing without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import importlib
+import logging
+from typing import AsyncIterator
+
+import grpc
+
+from handlers.base import Function, TooLarge
+from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
+from server import errors, stream
+from server.bridge import HandlerRun, Header
+from server.config import FunctionConfig, Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONCURRENCY = 16
+
+
+def load_function(config: FunctionConfig) -> Function:
+    """Import the handler module and let it load what it needs, once."""
+    module = importlib.import_module(config.handler)
+    return module.create(config.options)
+
+
+class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
+    def __init__(
+        self, config: FunctionConfig, function: Function, chunk_bytes: int, concurrency: int
+    ) -> None:
+        self._config = config
+        self._function = function
+        self._chunk_bytes = chunk_bytes
+        self._concurrency = concurrency
+        self._in_flight = 0
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=concurrency, thread_name_prefix=f"handler-{config.name}"
+        )
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._function.close()
+
+    async def Call(
+        self,
+        request_iterator: AsyncIterator[dcf_pb2.CallRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[dcf_pb2.CallResponse]:
+        name = self._config.name
+        try:
+            header = await stream.read_header(request_iterator)
+            if header.function not in (name, *self._config.aliases):
+                raise errors.CallError(
+                    grpc.StatusCode.NOT_FOUND, f"this worker serves {name}, not {header.function}"
+                )
+            params = stream.check_params(name, header.params, self._function.params)
+            if self._in_flight >= self._concurrency:
+                raise TooLarge(f"{name}: too many calls in flight (at most {self._concurrency})")
+        except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
+            await errors.abort(context, exc)
+            return
+
+        self._in_flight += 1
+        loop = asyncio.get_running_loop()
+        run = HandlerRun(loop)
+        thread = loop.run_in_executor(
+            self._executor, run.run, self._function, params, header.collect
+        )
+        feeder = asyncio.create_task(self._feed(run, request_iterator))
+        failure: BaseException | None = None
+        try:
+            partial = False
+            async for item in run.outputs():
+                if isinstance(item, Header):
+                    partial = item.partial_results
+                    yield dcf_pb2.CallResponse(
+                        header=dcf_pb2.ResponseHeader(
+                            content_type=item.content_type, partial_results=partial
+                        )
+                    )
+                elif partial:
+                    yield dcf_pb2.CallResponse(result=bytes(item))
+                else:
+                    for piece in stream.split(item, self._chunk_bytes):
+                        yield dcf_pb2.CallResponse(chunk=bytes(piece))
+        except Exception as exc:  # noqa: BLE001 - mapped to a status below
+            failure = exc
+        finally:
+            run.abort()
+            feeder.cancel()
+            self._in_flight -= 1
+            thread.add_done_callback(_log_thread_error)
+        if failure is not None:
+            await errors.abort(context, failure)
+
+    async def _feed(
+        self, run: HandlerRun, requests: AsyncIterator[dcf_pb2.CallRequest]
+    ) -> None:
+        try:
+            async for chunk in stream.read_chunks(
+                requests, self._config.name, self._config.max_input_bytes
+            ):
+                await run.feed(chunk)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the handler's next read raises it
+            await run.fail_input(exc)
+            return
+        await run.end_input()
+
+
+def _log_thread_error(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("handler thread failed", exc_info=future.exception())
+
+
+def worker_servicer(settings: Settings, name: str) -> tuple[WorkerServicer, FunctionConfig]:
+    """Load the function called ``name`` and wrap it in a servicer."""
+    config = settings.function(name)
+    if config is None:
+        known = ", ".join(fn.name for fn in settings.functions)
+        raise LookupError(f"no function {name!r} in the registry (known: {known})")
+    function = load_function(config)
+    concurrency = config.max_concurrency or DEFAULT_CONCURRENCY
+    return WorkerServicer(config, function, settings.chunk_bytes, concurrency), config
