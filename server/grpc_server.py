@@ -24,10 +24,18 @@ Adder = Callable[[grpc.aio.Server], None]
 
 
 def message_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """Channel/server options allowing messages up to ``max_message_bytes`` both ways."""
+    """Channel/server options allowing messages up to ``max_message_bytes`` both ways.
+
+    BDP probing is off: it grows HTTP/2 flow-control windows toward a fast peer, and
+    on a pass-through those windows are bytes held in memory (about 40 MB more in the
+    gateway while 1 GiB streamed). A fixed 4 MiB stream window keeps the throughput
+    (measured: 254 MB/s with it, 155 MB/s with the 64 KiB default) at a known cost.
+    """
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", 4 << 20),
     ]
 
 

@@ -1,0 +1,114 @@
+"""Real dcf servers on free loopback ports, for the tests and the benchmarks.
+
+``start_service`` runs ``python -m server`` (the embedded default: the gateway and
+one process per worker) from a copy of the packaged registry whose ports are all
+free ones, and returns once every function's worker is ready.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos.dcf.v1 import dcf_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+REGISTRY = ROOT / "server" / "functions.yaml"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_serving(address: str, service: str = "", timeout: float = 60.0) -> None:
+    """Poll grpc.health.v1 at ``address`` until ``service`` is SERVING."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError as exc:
+                last = exc.code().name
+            time.sleep(0.1)
+    raise TimeoutError(f"{address} service {service!r} not serving after {timeout}s ({last})")
+
+
+def write_registry(path: Path, extra: dict | None = None, server: dict | None = None) -> dict:
+    """The packaged registry with free ports everywhere, plus ``extra`` functions."""
+    document = yaml.safe_load(REGISTRY.read_text())
+    document.setdefault("server", {}).update({"port": free_port(), **(server or {})})
+    functions = document["functions"]
+    functions.update(extra or {})
+    for entry in functions.values():
+        entry["workers"] = [f"127.0.0.1:{free_port()}"]
+    path.write_text(yaml.safe_dump(document))
+    return document
+
+
+@dataclass
+class Service:
+    """A running ``python -m server`` and where to reach it."""
+
+    process: subprocess.Popen
+    address: str
+    config: Path
+    document: dict
+    log: Path
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.address, options=[("grpc.max_receive_message_length", 1 << 28)])
+
+    def gateway(self, channel: grpc.Channel) -> dcf_pb2_grpc.GatewayStub:
+        return dcf_pb2_grpc.GatewayStub(channel)
+
+    def worker_address(self, name: str) -> str:
+        return self.document["functions"][name]["workers"][0]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_service(tmp: Path, extra: dict | None = None, args: list[str] | None = None,
+                  env: dict | None = None, server: dict | None = None) -> Service:
+    config = tmp / "functions.yaml"
+    document = write_registry(config, extra, server)
+    log = tmp / "server.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server", "--config", str(config), *(args or [])],
+        cwd=ROOT,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+    service = Service(process, f"127.0.0.1:{document['server']['port']}", config, document, log)
+    try:
+        wait_serving(service.address)
+        for name in document["functions"]:
+            wait_serving(service.address, name, timeout=120)
+    except BaseException:
+        service.stop()
+        raise RuntimeError(f"server did not start:\n{log.read_text()[-4000:]}")
+    return service
