@@ -8,11 +8,14 @@ INTERNAL with a generic message, never the traceback.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import AsyncIterator
 
 import grpc
 
 from handlers.base import FunctionError
+from protos.dcf.v1 import dcf_pb2
 
 log = logging.getLogger(__name__)
 
@@ -46,3 +49,56 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     """End the call with the status for ``exc``; never returns."""
     code, message = status_of(exc)
     await context.abort(code, message)
+
+
+# How long a stream that failed stays open after its failure record, so that the
+# record reaches a caller who is still writing before the status ends the call.
+RECORD_GRACE_SECONDS = 0.2
+
+
+async def fail_stream(
+    context: grpc.aio.ServicerContext, exc: BaseException, input_pending: bool
+) -> AsyncIterator[dcf_pb2.CallResponse]:
+    """End a Call stream with the status for ``exc``, announced first if input is still coming.
+
+    Use as ``async for r in fail_stream(...): yield r``; it ends by aborting the call.
+    """
+    code, message = status_of(exc)
+    if input_pending:
+        yield dcf_pb2.CallResponse(failure=dcf_pb2.CallFailure(code=code.name, message=message))
+        await asyncio.sleep(RECORD_GRACE_SECONDS)
+    await context.abort(code, message)
+
+
+def failure_error(failure: dcf_pb2.CallFailure) -> CallError:
+    """The error a failure record announces."""
+    code = getattr(grpc.StatusCode, failure.code, grpc.StatusCode.UNKNOWN)
+    return CallError(code, failure.message)
+
+
+# What grpcio's asyncio client reports, in place of the peer's status, when a write
+# fails because the peer already ended the call (grpc/aio/_call.py, the write path).
+_CORE_WRITE_ERROR = "Internal error from Core"
+
+
+async def upstream_status(
+    call: grpc.aio.Call, exc: grpc.aio.AioRpcError, wait_seconds: float = 1.0
+) -> tuple[grpc.StatusCode, str]:
+    """The status the peer really sent for ``call``, which failed with ``exc``.
+
+    A write that loses the race with the peer's own status (it refused the input
+    early, or crashed) stamps the call INTERNAL locally; the peer's status still
+    arrives a moment later and replaces it. Wait for that; a peer that sent none
+    vanished, which is UNAVAILABLE.
+    """
+    code, details = exc.code(), exc.details() or ""
+    if code != grpc.StatusCode.INTERNAL or details != _CORE_WRITE_ERROR:
+        return code, details
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_seconds
+    while loop.time() < deadline:
+        await asyncio.sleep(0.01)
+        code, details = await call.code(), await call.details() or ""
+        if code != grpc.StatusCode.INTERNAL or details != _CORE_WRITE_ERROR:
+            return code, details
+    return grpc.StatusCode.UNAVAILABLE, "the upstream ended the call without a status"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator, Iterator, Mapping
 
 import grpc
 
@@ -54,6 +54,45 @@ class Gateway:
         finally:
             self._in_flight[fn.name] -= 1
 
+    async def invoke(
+        self,
+        name: str,
+        data: bytes,
+        params: Mapping[str, str],
+        context: grpc.aio.ServicerContext,
+    ) -> tuple[str, bytes]:
+        """The whole answer of function ``name`` to ``data``: (content type, body).
+
+        Functions with partial results answer one collected document, as the unary
+        fronts (dcf.v1 Invoke, Open Inference's ModelInfer) need.
+        """
+        if not name:
+            raise InvalidInput("the request names no function")
+        fn = self.resolve(name)
+        if fn.max_input_bytes and len(data) > fn.max_input_bytes:
+            raise TooLarge(f"{fn.name}: input exceeds the limit of {fn.max_input_bytes} bytes")
+        header = dcf_pb2.CallHeader(function=fn.name, collect=True)
+        header.params.update(params)
+        limit = self.settings.max_invoke_bytes
+        content_type = ""
+        body: list[bytes] = []
+        size = 0
+        with self.admit(fn):
+            chunks = _aiter(stream.split(data, self.settings.chunk_bytes))
+            async for response in self.relay(fn, header, chunks, context):
+                kind = response.WhichOneof("kind")
+                if kind == "header":
+                    content_type = response.header.content_type
+                    continue
+                piece = response.chunk if kind == "chunk" else response.result
+                size += len(piece)
+                if size > limit:
+                    raise TooLarge(
+                        f"{fn.name}: output exceeds the Invoke limit of {limit} bytes; use Call"
+                    )
+                body.append(piece)
+        return content_type, b"".join(body)
+
     async def relay(
         self,
         fn: FunctionConfig,
@@ -74,6 +113,8 @@ class Gateway:
         upstream = asyncio.create_task(self._send(call, fn, header, chunks))
         try:
             async for response in call:
+                if response.WhichOneof("kind") == "failure":
+                    raise errors.failure_error(response.failure)
                 yield response
             if upstream.done() and upstream.exception() is not None:
                 raise upstream.exception()
@@ -87,7 +128,8 @@ class Gateway:
         except grpc.aio.AioRpcError as exc:
             if upstream.done() and not upstream.cancelled() and upstream.exception():
                 raise upstream.exception() from None
-            raise self._worker_error(fn, exc) from None
+            code, details = await errors.upstream_status(call, exc)
+            raise self._worker_error(fn, code, details) from None
         finally:
             upstream.cancel()
             call.cancel()
@@ -114,15 +156,16 @@ class Gateway:
             call.cancel()
             raise
 
-    def _worker_error(self, fn: FunctionConfig, exc: grpc.aio.AioRpcError) -> errors.CallError:
-        code = exc.code()
+    def _worker_error(
+        self, fn: FunctionConfig, code: grpc.StatusCode, details: str
+    ) -> errors.CallError:
         if code == grpc.StatusCode.UNAVAILABLE:
             return errors.CallError(
                 code, f"{fn.name}: worker unavailable ({self.routes.target(fn.name)})"
             )
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return errors.CallError(code, f"{fn.name}: deadline exceeded")
-        return errors.CallError(code, exc.details() or code.name)
+        return errors.CallError(code, details or code.name)
 
 
 class GatewayServicer(dcf_pb2_grpc.GatewayServicer):
@@ -138,6 +181,7 @@ class GatewayServicer(dcf_pb2_grpc.GatewayServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[dcf_pb2.CallResponse]:
         failure: BaseException | None = None
+        chunks = None
         try:
             header = await stream.read_header(request_iterator)
             fn = self._gateway.resolve(header.function)
@@ -148,46 +192,21 @@ class GatewayServicer(dcf_pb2_grpc.GatewayServicer):
         except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
             failure = exc
         if failure is not None:
-            await errors.abort(context, failure)
+            input_pending = chunks is None or chunks.ag_frame is not None
+            async for response in errors.fail_stream(context, failure, input_pending):
+                yield response
 
     async def Invoke(
         self, request: dcf_pb2.InvokeRequest, context: grpc.aio.ServicerContext
     ) -> dcf_pb2.InvokeResponse:
         try:
-            return await self._invoke(request, context)
+            content_type, output = await self._gateway.invoke(
+                request.function, request.input, request.params, context
+            )
+            return dcf_pb2.InvokeResponse(output=output, content_type=content_type)
         except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
             await errors.abort(context, exc)
             raise  # unreachable: abort raises
-
-    async def _invoke(
-        self, request: dcf_pb2.InvokeRequest, context: grpc.aio.ServicerContext
-    ) -> dcf_pb2.InvokeResponse:
-        if not request.function:
-            raise InvalidInput("the request names no function")
-        fn = self._gateway.resolve(request.function)
-        if fn.max_input_bytes and len(request.input) > fn.max_input_bytes:
-            raise TooLarge(f"{fn.name}: input exceeds the limit of {fn.max_input_bytes} bytes")
-        header = dcf_pb2.CallHeader(function=fn.name, collect=True)
-        header.params.update(request.params)
-        limit = self._settings.max_invoke_bytes
-        content_type = ""
-        body: list[bytes] = []
-        size = 0
-        with self._gateway.admit(fn):
-            chunks = _aiter(stream.split(request.input, self._settings.chunk_bytes))
-            async for response in self._gateway.relay(fn, header, chunks, context):
-                kind = response.WhichOneof("kind")
-                if kind == "header":
-                    content_type = response.header.content_type
-                    continue
-                piece = response.chunk if kind == "chunk" else response.result
-                size += len(piece)
-                if size > limit:
-                    raise TooLarge(
-                        f"{fn.name}: output exceeds the Invoke limit of {limit} bytes; use Call"
-                    )
-                body.append(piece)
-        return dcf_pb2.InvokeResponse(output=b"".join(body), content_type=content_type)
 
     async def ListFunctions(
         self, request: dcf_pb2.ListFunctionsRequest, context: grpc.aio.ServicerContext

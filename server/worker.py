@@ -69,7 +69,8 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
             if self._in_flight >= self._concurrency:
                 raise TooLarge(f"{name}: too many calls in flight (at most {self._concurrency})")
         except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
-            await errors.abort(context, exc)
+            async for response in errors.fail_stream(context, exc, input_pending=True):
+                yield response
             return
 
         self._in_flight += 1
@@ -99,11 +100,13 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
             failure = exc
         finally:
             run.abort()
+            input_pending = not feeder.done()
             feeder.cancel()
             self._in_flight -= 1
             thread.add_done_callback(_log_thread_error)
         if failure is not None:
-            await errors.abort(context, failure)
+            async for response in errors.fail_stream(context, failure, input_pending):
+                yield response
 
     async def _feed(
         self, run: HandlerRun, requests: AsyncIterator[dcf_pb2.CallRequest]

@@ -66,3 +66,24 @@ def test_local_equals_served(dcf):
     local = client("call", "--local", "hello-dcf", stdin=b"same bytes")
     assert local.returncode == 0, local.stderr
     assert served.stdout == local.stdout == b"same bytes"
+
+
+def test_send_wav_local_equals_served_byte_for_byte(dcf, tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from scipy.io import wavfile
+
+    rate = 44100
+    t = np.arange(rate * 2) / rate
+    buffer = io.BytesIO()
+    wavfile.write(buffer, rate, (0.5 * np.sin(2 * np.pi * 1000 * t) * 32767).astype(np.int16))
+    wav = tmp_path / "tone.wav"
+    wav.write_bytes(buffer.getvalue())
+    served = client("call", "send-wav", str(wav), "--address", dcf.address)
+    local = client("call", "--local", "stft", str(wav))
+    assert served.returncode == 0, served.stderr
+    assert local.returncode == 0, local.stderr
+    assert served.stdout == local.stdout
+    assert Image.open(io.BytesIO(served.stdout)).size == (1500, 750)
