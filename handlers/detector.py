@@ -1,0 +1,576 @@
+"""SSD MobileNet v2 (COCO, uint8-quantized TFLite): decode images, detect, draw.
+
+Shared by the ``ssd`` function and, later, ``ssd-video``. Nothing heavy happens at
+import: TensorFlow is imported by ``Detector.load`` only, so the gateway and other
+workers can import handler modules for free.
+
+Choices, and why:
+
+* Interpreters are not thread-safe, so a ``Detector`` keeps a queue of them, one
+  per concurrent caller (default: one per CPU). ``invoke`` releases the GIL, so
+  they run in parallel. Each is single-threaded by default: on the 2-core target
+  two 1-thread interpreters give the best throughput under load without
+  oversubscribing the cores; 2 threads halve one request's inference (17 -> 9 ms)
+  but lose about a tenth of the throughput when every interpreter is busy
+  (``threads`` option, for latency-bound callers such as one video stream).
+* Input is resized to 300x300 with ``cv2.resize(INTER_LINEAR)``, ignoring aspect
+  ratio: the model was trained with a fixed-shape bilinear resize, so stretching
+  is what it expects. Boxes come back normalized and are scaled to the original
+  image (after EXIF rotation) in integer pixels.
+* Large JPEGs are decoded with libjpeg's DCT scaling (``Image.draft``) to no less
+  than 300 pixels a side: 6x faster on a 20-megapixel photo (133 -> 20 ms). This
+  shifts boxes by up to ~1.5% of the image and confidences by one quantization
+  step, about as much as swapping INTER_LINEAR for INTER_AREA does; measured against
+  an antialiased resize, draft + bilinear is the closer of the two, because a
+  plain bilinear shrink of a huge image aliases. Pictures with a side under 600
+  pixels (grace_hopper) decode exactly as without it. The full size is kept, so
+  coordinates are unaffected; ``annotate`` needs all pixels, so callers decode
+  without draft then.
+* Transparent images are composited on white (what a viewer shows), not stripped
+  of alpha: stripping exposes whatever colour hides under transparent pixels,
+  often black, which the model then sees as a dark scene.
+* 16-bit greyscale keeps its high byte (as Pillow does for 16-bit RGB PNGs);
+  Pillow's own conversion clips everything above 255 to white.
+* Decompression bombs are refused from the header's dimensions before a pixel is
+  decoded; only JPEG, PNG, BMP, WebP, TIFF and GIF are opened (no EPS, which would
+  run Ghostscript, and no other rarely used decoders).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import dataclasses
+import io
+import logging
+import os
+import queue
+import re
+import struct
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import cv2
+import numpy as np
+from PIL import ExifTags, Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+
+from handlers.base import InvalidInput
+from handlers.model_fetch import LABELS_NAME, MODEL_FILES, MODEL_NAME
+
+log = logging.getLogger(__name__)
+
+INPUT_SIZE = 300
+DEFAULT_MAX_PIXELS = 50_000_000
+MAX_SIDE = 32_768
+# Pillow opens multi-picture camera JPEGs through the JPEG entry and calls them MPO.
+FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF")
+_FORMAT_NAMES = "JPEG, PNG, BMP, WebP, TIFF or GIF"
+_DATA_URI = re.compile(rb"^data:[\w.+-]*/[\w.+-]*;base64,", re.IGNORECASE)
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# What a malformed file can make Pillow raise while opening or decoding it.
+_DECODE_ERRORS = (
+    OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError,
+    ZeroDivisionError,
+)
+
+
+class ModelMissing(RuntimeError):
+    """The model files are absent or damaged; the worker refuses to start."""
+
+
+# --------------------------------------------------------------------------- decode
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """Pixels plus the size to report boxes in.
+
+    ``rgb`` is HxWx3 uint8. It is smaller than ``width`` x ``height`` when a JPEG
+    was decoded in draft mode; ``width``/``height`` are always the full image's,
+    after EXIF rotation.
+    """
+
+    rgb: np.ndarray
+    width: int
+    height: int
+
+
+def decode_image(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_to: int | None = None
+) -> DecodedImage:
+    """Decode image bytes, or base64 text of them, to RGB; refuse anything else.
+
+    ``reduce_to`` lets a JPEG decode at 1/2, 1/4 or 1/8 scale as long as both
+    sides stay at least that many pixels. Every failure is InvalidInput with a
+    one-line reason.
+    """
+    image = _open(data)
+    try:
+        return _decode(image, max_pixels, reduce_to)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidInput(f"image refused as a decompression bomb: {exc}") from None
+    except _DECODE_ERRORS as exc:
+        raise InvalidInput(f"cannot decode {image.format} image: {_one_line(exc)}") from None
+    finally:
+        image.close()
+
+
+def _open(data: bytes) -> Image.Image:
+    if not data:
+        raise InvalidInput(f"empty input: expected {_FORMAT_NAMES} bytes, or base64 of them")
+    image = _try_open(data)
+    if image is not None:
+        return image
+    raw = _unbase64(data)
+    if raw is not None:
+        image = _try_open(raw)
+        if image is not None:
+            return image
+        raise InvalidInput(f"input is base64 but not of an image: expected {_FORMAT_NAMES}")
+    raise InvalidInput(f"input is not an image: expected {_FORMAT_NAMES} bytes, or base64 of them")
+
+
+def _try_open(data: bytes) -> Image.Image | None:
+    """Open (header only) if Pillow recognizes one of FORMATS, else None."""
+    try:
+        return Image.open(io.BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError:
+        return None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidInput(f"image refused as a decompression bomb: {exc}") from None
+    except _DECODE_ERRORS as exc:
+        raise InvalidInput(f"cannot read image header: {_one_line(exc)}") from None
+
+
+def _unbase64(data: bytes) -> bytes | None:
+    """Strict base64 (newlines and a data: URI prefix allowed), else None."""
+    text = _DATA_URI.sub(b"", b"".join(data.split()), count=1)
+    if not text or len(text) % 4:
+        return None
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _check_dimensions(width: int, height: int, max_pixels: int) -> None:
+    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
+        raise InvalidInput(
+            f"image dimensions {width}x{height} are out of range (each side 1..{MAX_SIDE})"
+        )
+    if width * height > max_pixels:
+        raise InvalidInput(
+            f"image is {width}x{height} ({width * height / 1e6:.1f} megapixels); "
+            f"the limit is {max_pixels / 1e6:g} megapixels"
+        )
+
+
+def _decode(image: Image.Image, max_pixels: int, reduce_to: int | None) -> DecodedImage:
+    width, height = image.size
+    _check_dimensions(width, height, max_pixels)
+    orientation = _orientation(image)
+    if reduce_to and image.format in ("JPEG", "MPO"):
+        image.draft("RGB", (reduce_to, reduce_to))
+    image.load()  # first frame of GIF/WebP/TIFF; the rest are never decoded
+    if orientation != 1:
+        ImageOps.exif_transpose(image, in_place=True)
+        if orientation in (5, 6, 7, 8):  # the four orientations that swap the axes
+            width, height = height, width
+    return DecodedImage(_to_rgb(image), width, height)
+
+
+def _orientation(image: Image.Image) -> int:
+    """EXIF orientation 1..8; a broken EXIF block just means upright."""
+    try:
+        value = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except _DECODE_ERRORS:
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    """Any decoded mode to contiguous HxWx3 uint8 (see module docstring for why)."""
+    if image.mode == "RGB":
+        return np.ascontiguousarray(np.asarray(image))
+    if image.mode in _SIXTEEN_BIT:
+        grey = (np.clip(np.asarray(image), 0, 65535).astype(np.uint16) >> 8).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+    if image.mode == "F":
+        grey = np.clip(np.asarray(image), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+    if image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return np.ascontiguousarray(np.asarray(flat))
+    return np.ascontiguousarray(np.asarray(image.convert("RGB")))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
+
+
+# --------------------------------------------------------------------------- model
+
+
+def parse_labels(text: str) -> dict[int, str]:
+    """Parse coco_labels.txt: one ``ID  name`` per line, ids 0-based with gaps."""
+    labels: dict[int, str] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise ValueError(f"labels line {lineno}: expected 'ID  name', got {line!r}")
+        labels[int(parts[0])] = parts[1].strip()
+    return labels
+
+
+def check_model_dir(model_dir: Path) -> None:
+    """Raise ModelMissing unless both files exist with their pinned sizes.
+
+    Size only: hashing 6 MB at every start is wasted work, and model_fetch has
+    already verified the SHA-256 when it wrote the file atomically.
+    """
+    hint = f"run `make model` (python -m handlers.model_fetch --dest {model_dir})"
+    for name, spec in MODEL_FILES.items():
+        path = model_dir / name
+        if not path.is_file():
+            raise ModelMissing(f"model file {path} is missing: {hint}")
+        size = path.stat().st_size
+        if size != spec.size:
+            raise ModelMissing(f"model file {path} is {size} bytes, expected {spec.size}: {hint}")
+
+
+# Start-up notices TensorFlow's C++ side prints straight to fd 2.
+_TF_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|[IW]\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] "
+    r"|INFO: (Created TensorFlow Lite|Initialized TensorFlow Lite))"
+)
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Drop TensorFlow's start-up notices from fd 2; pass everything else through.
+
+    TF 2.21 prints absl/CUDA/XNNPACK notices from C++ before its own log settings
+    apply, so TF_CPP_MIN_LOG_LEVEL alone cannot silence them. fd 2 goes to a temp
+    file while TensorFlow loads (once, at worker start-up, before any request);
+    afterwards the known notices go to the debug log and any other line, such as
+    an error or another thread's log record, is written back to stderr as is.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            kept = []
+            for line in sink.read().splitlines(keepends=True):
+                text = line.decode("utf-8", "replace").rstrip()
+                if _TF_NOISE.match(text):
+                    log.debug("tensorflow: %s", text)
+                elif text:
+                    kept.append(line)
+            if kept:
+                os.write(2, b"".join(kept))
+
+
+def _interpreter_class() -> Any:
+    """tf.lite.Interpreter, or LiteRT's when TensorFlow is not installed.
+
+    TensorFlow reads its log settings when first imported, so they are set just
+    before, unless the operator set them. oneDNN is off: TFLite does not use it,
+    and its notice is noise.
+    """
+    for name, value in (("TF_CPP_MIN_LOG_LEVEL", "3"), ("TF_ENABLE_ONEDNN_OPTS", "0")):
+        os.environ.setdefault(name, value)
+    try:
+        from tensorflow import lite  # heavy: load time only
+
+        return lite.Interpreter
+    except (ImportError, AttributeError):  # no TensorFlow, or one without tf.lite
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """One interpreter and the tensor indices it was found to use."""
+
+    interpreter: Any
+    input_index: int
+    boxes: int
+    classes: int
+    scores: int
+    count: int
+
+
+def _make_slot(interpreter_class: Any, model_path: Path, threads: int) -> _Slot:
+    with warnings.catch_warnings():
+        # tf.lite.Interpreter warns that it moved to LiteRT; it works, and the
+        # fallback above covers its eventual removal.
+        warnings.simplefilter("ignore", UserWarning)
+        interpreter = interpreter_class(model_path=str(model_path), num_threads=threads)
+    interpreter.allocate_tensors()
+    (inp,) = interpreter.get_input_details()
+    if tuple(inp["shape"]) != (1, INPUT_SIZE, INPUT_SIZE, 3) or inp["dtype"] != np.uint8:
+        raise ModelMissing(f"{model_path}: unexpected input {inp['shape']} {inp['dtype']}")
+    slot = _Slot(interpreter, int(inp["index"]), **_find_outputs(interpreter.get_output_details()))
+    return _check_roles(slot)
+
+
+def _find_outputs(details: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Pick boxes/classes/scores/count by shape and name, not position.
+
+    Boxes are the only [1,N,4] tensor and count the only one-element tensor.
+    Classes and scores are both [1,N]; TFLite_Detection_PostProcess names them
+    ``:1`` and ``:2``. Converters have reordered outputs between TF versions, so
+    ``_check_roles`` confirms the pair by value after a first run.
+    """
+    boxes = [d for d in details if len(d["shape"]) == 3 and d["shape"][-1] == 4]
+    count = [d for d in details if int(np.prod(d["shape"])) == 1]
+    pair = [d for d in details if len(d["shape"]) == 2 and d["shape"][-1] > 1]
+    if len(boxes) != 1 or len(count) != 1 or len(pair) != 2:
+        shapes = [(d["name"], list(d["shape"])) for d in details]
+        raise ModelMissing(f"unexpected SSD outputs {shapes}: run `make model`")
+    classes, scores = sorted(pair, key=lambda d: str(d["name"]))
+    return {
+        "boxes": int(boxes[0]["index"]),
+        "classes": int(classes["index"]),
+        "scores": int(scores["index"]),
+        "count": int(count[0]["index"]),
+    }
+
+
+def _check_roles(slot: _Slot) -> _Slot:
+    """Run a grey image (also warms up XNNPACK); swap classes/scores if needed.
+
+    Class ids are whole numbers and scores are fractions in [0, 1]; a grey frame
+    gives low, non-integral scores, which tells the two apart.
+    """
+    grey = np.full((1, INPUT_SIZE, INPUT_SIZE, 3), 128, np.uint8)
+    interpreter = slot.interpreter
+    interpreter.set_tensor(slot.input_index, grey)
+    interpreter.invoke()
+    classes = interpreter.get_tensor(slot.classes)
+    scores = interpreter.get_tensor(slot.scores)
+
+    def integral(a: np.ndarray) -> bool:
+        return bool(np.all(a == np.round(a)))
+
+    if not integral(classes) and integral(scores):
+        log.debug("SSD outputs: classes and scores are swapped by name; using values")
+        return dataclasses.replace(slot, classes=slot.scores, scores=slot.classes)
+    return slot
+
+
+class Detector:
+    """A pool of loaded interpreters plus labels; safe to share across threads."""
+
+    def __init__(self, slots: Sequence[_Slot], labels: Mapping[int, str]) -> None:
+        self._pool: queue.Queue[_Slot] = queue.Queue()
+        for slot in slots:
+            self._pool.put(slot)
+        self._size = len(slots)
+        self._closed = False
+        self.labels: Mapping[int, str] = dict(labels)
+
+    @classmethod
+    def load(
+        cls, model_dir: Path | str, *, interpreters: int | None = None, threads: int = 1
+    ) -> Detector:
+        """Check the files, import TensorFlow quietly and build the pool.
+
+        ``interpreters`` is how many requests can run inference at once (default
+        one per CPU); ``threads`` is each interpreter's thread count.
+        """
+        model_dir = Path(model_dir)
+        check_model_dir(model_dir)
+        count = interpreters if interpreters is not None else (os.cpu_count() or 1)
+        if count < 1 or threads < 1:
+            raise ValueError(f"interpreters and threads must be >= 1, got {count}, {threads}")
+        labels = parse_labels((model_dir / LABELS_NAME).read_text(encoding="utf-8"))
+        with _quiet_native_stderr():
+            interpreter_class = _interpreter_class()
+            slots = [
+                _make_slot(interpreter_class, model_dir / MODEL_NAME, threads) for _ in range(count)
+            ]
+        log.info("SSD model loaded: %d interpreters x %d threads", count, threads)
+        return cls(slots, labels)
+
+    @property
+    def size(self) -> int:
+        """How many interpreters are in the pool."""
+        return self._size
+
+    def infer(self, input_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Run one 300x300x3 uint8 image; return raw boxes, classes, scores, count.
+
+        Blocks until an interpreter is free.
+        """
+        if self._closed:
+            raise RuntimeError("the detector is closed")
+        batch = np.ascontiguousarray(input_rgb, dtype=np.uint8)[None]
+        slot = self._pool.get()
+        try:
+            interpreter = slot.interpreter
+            interpreter.set_tensor(slot.input_index, batch)
+            interpreter.invoke()
+            boxes = interpreter.get_tensor(slot.boxes)[0]
+            classes = interpreter.get_tensor(slot.classes)[0]
+            scores = interpreter.get_tensor(slot.scores)[0]
+            count = int(interpreter.get_tensor(slot.count).reshape(-1)[0])
+        finally:
+            if not self._closed:
+                self._pool.put(slot)
+        return boxes, classes, scores, min(count, len(scores))
+
+    def detect(
+        self,
+        rgb: np.ndarray,
+        threshold: float,
+        max_detections: int,
+        *,
+        size: tuple[int, int] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Detections in pixels of an image ``size`` = (width, height).
+
+        ``size`` defaults to ``rgb``'s own; pass the full size when ``rgb`` was
+        decoded reduced (DecodedImage.width/height).
+        """
+        width, height = size if size is not None else (rgb.shape[1], rgb.shape[0])
+        return self.detect_resized(resize_for_model(rgb), width, height, threshold, max_detections)
+
+    def detect_resized(
+        self,
+        input_rgb: np.ndarray,
+        width: int,
+        height: int,
+        threshold: float,
+        max_detections: int,
+    ) -> list[dict[str, Any]]:
+        """Like ``detect`` for an input already resized to 300x300 (video frames)."""
+        boxes, classes, scores, count = self.infer(input_rgb)
+        return to_detections(
+            boxes[:count], classes[:count], scores[:count], self.labels,
+            width=width, height=height, threshold=threshold, max_detections=max_detections,
+        )
+
+    def close(self) -> None:
+        """Drop the interpreters; a call still running drops its own when done."""
+        self._closed = True
+        while True:
+            try:
+                self._pool.get_nowait()
+            except queue.Empty:
+                return
+
+
+def resize_for_model(rgb: np.ndarray) -> np.ndarray:
+    """Stretch to the model's 300x300 with bilinear interpolation (cv2.INTER_LINEAR)."""
+    if rgb.shape[:2] == (INPUT_SIZE, INPUT_SIZE):
+        return rgb
+    return cv2.resize(rgb, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR)
+
+
+def to_detections(
+    boxes: np.ndarray,
+    classes: np.ndarray,
+    scores: np.ndarray,
+    labels: Mapping[int, str],
+    *,
+    width: int,
+    height: int,
+    threshold: float,
+    max_detections: int,
+) -> list[dict[str, Any]]:
+    """Raw SSD outputs to sorted, filtered, deduplicated pixel boxes.
+
+    Boxes are [ymin, xmin, ymax, xmax] in [0, 1] (slightly outside, at times).
+    Dropped: scores under ``threshold``, class ids the labels file leaves out
+    (COCO's unused ids, never trained), boxes empty after rounding and clamping,
+    and repeats of a class and box already reported with a higher score.
+    """
+    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))
+    seen: set[tuple[int, int, int, int, int]] = set()
+    found: list[dict[str, Any]] = []
+    for i in order:
+        score = float(scores[i])
+        if score < threshold or len(found) >= max_detections:
+            break
+        class_id = int(classes[i])
+        label = labels.get(class_id)
+        if label is None:
+            continue
+        ymin, xmin, ymax, xmax = (float(v) for v in np.clip(boxes[i], 0.0, 1.0))
+        box = (round(xmin * width), round(ymin * height), round(xmax * width), round(ymax * height))
+        if box[0] >= box[2] or box[1] >= box[3] or (class_id, *box) in seen:
+            continue
+        seen.add((class_id, *box))
+        found.append({
+            "class": class_id,
+            "label": label,
+            "confidence": round(score, 4),
+            "xmin": box[0],
+            "ymin": box[1],
+            "xmax": box[2],
+            "ymax": box[3],
+        })
+    return found
+
+
+# --------------------------------------------------------------------------- draw
+
+_PALETTE = (
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+)
+
+
+def annotate(rgb: np.ndarray, detections: Sequence[Mapping[str, Any]]) -> bytes:
+    """PNG of ``rgb`` with each detection's box and ``label confidence`` drawn.
+
+    Line width and font scale with the image so labels stay legible on both a
+    thumbnail and a 12-megapixel photo. PNG compression is level 1: the pixels
+    are a photo, so higher levels cost seconds and save little.
+    """
+    image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB").copy()
+    width, height = image.size
+    short = min(width, height)
+    line = max(1, round(short / 250))
+    font = ImageFont.load_default(size=max(10, round(short / 35)))
+    draw = ImageDraw.Draw(image)
+    for det in detections:
+        colour = _PALETTE[int(det["class"]) % len(_PALETTE)]
+        x0, y0 = int(det["xmin"]), int(det["ymin"])
+        x1, y1 = max(x0, int(det["xmax"]) - 1), max(y0, int(det["ymax"]) - 1)
+        draw.rectangle((x0, y0, x1, y1), outline=colour, width=line)
+        text = f"{det['label']} {float(det['confidence']):.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        text_w, text_h = right - left + 2 * line, bottom - top + 2 * line
+        ty = y0 - text_h if y0 - text_h >= 0 else y0  # above the box if it fits
+        tx = min(x0, max(0, width - text_w))
+        draw.rectangle((tx, ty, tx + text_w, ty + text_h), fill=colour)
+        draw.text((tx + line - left, ty + line - top), text, fill=(0, 0, 0), font=font)
+    out = io.BytesIO()
+    image.save(out, "PNG", compress_level=1)
+    return out.getvalue()

@@ -1,0 +1,96 @@
+"""The ``ssd`` function (alias ``ssd-test``): objects in one image, as JSON or a PNG.
+
+Input: one image (JPEG, PNG, BMP, WebP, TIFF, GIF; or base64 text of one).
+Output: ``{"width": W, "height": H, "detections": [...]}`` in compact JSON, boxes
+in the image's pixels after EXIF rotation; or, with ``annotate=true``, the image
+as a PNG with the boxes drawn. Params are checked before the input is read, so a
+bad param fails fast without waiting for the upload.
+
+This module imports nothing heavy: the detector (numpy, OpenCV, TensorFlow) is
+imported and loaded by ``create``, once per worker.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from handlers.base import Function, Reply, Request
+from handlers.model_fetch import default_model_dir
+
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_MAX_DETECTIONS = 20
+MAX_DETECTIONS = 100
+
+PARAMS: Mapping[str, str] = {
+    "threshold": f"minimum confidence, 0..1 (default {DEFAULT_THRESHOLD})",
+    "max_detections": (
+        f"most boxes to return, 1..{MAX_DETECTIONS} (default {DEFAULT_MAX_DETECTIONS}; "
+        "the model itself proposes at most 20)"
+    ),
+    "annotate": "true: reply with the image as PNG, boxes drawn (default false)",
+}
+
+
+def _positive_int(options: Mapping[str, Any], name: str, default: int | None) -> int | None:
+    value = options.get(name, default)
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"ssd option {name}: expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise ValueError(f"ssd option {name}: expected >= 1, got {number}")
+    return number
+
+
+def _bool(options: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = options.get(name, default)
+    if isinstance(value, bool):
+        return value
+    if str(value).strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(value).strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"ssd option {name}: expected true or false, got {value!r}")
+
+
+def create(options: Mapping[str, Any]) -> Function:
+    """Load the model once and return the ready function.
+
+    Options (all optional): ``model_dir`` (default $DCF_MODEL_DIR or <repo>/models),
+    ``interpreters`` (parallel inferences, default one per CPU), ``threads`` (per
+    interpreter, default 1), ``max_pixels`` (largest image accepted, default 50
+    megapixels), ``jpeg_draft`` (decode big JPEGs at reduced scale, default true).
+    Raises detector.ModelMissing, whose message says to run ``make model``.
+    """
+    from handlers import detector  # heavy imports: load time only
+
+    model_dir = Path(options.get("model_dir") or default_model_dir())
+    max_pixels = _positive_int(options, "max_pixels", detector.DEFAULT_MAX_PIXELS)
+    reduce_to = detector.INPUT_SIZE if _bool(options, "jpeg_draft", True) else None
+    model = detector.Detector.load(
+        model_dir,
+        interpreters=_positive_int(options, "interpreters", None),
+        threads=_positive_int(options, "threads", 1) or 1,
+    )
+
+    def handle(request: Request) -> Reply:
+        params = request.params
+        threshold = params.get_float("threshold", DEFAULT_THRESHOLD, low=0.0, high=1.0)
+        limit = params.get_int("max_detections", DEFAULT_MAX_DETECTIONS, low=1, high=MAX_DETECTIONS)
+        draw = params.get_bool("annotate", False)
+        image = detector.decode_image(
+            request.read(),
+            max_pixels=max_pixels or detector.DEFAULT_MAX_PIXELS,
+            reduce_to=None if draw else reduce_to,
+        )
+        found = model.detect(image.rgb, threshold, limit, size=(image.width, image.height))
+        if draw:
+            return Reply("image/png", [detector.annotate(image.rgb, found)])
+        body = {"width": image.width, "height": image.height, "detections": found}
+        return Reply("application/json", [json.dumps(body, separators=(",", ":")).encode()])
+
+    return Function(handle=handle, params=PARAMS, close=model.close)
