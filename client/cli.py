@@ -50,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
         parent.add_argument(
             "--timeout", type=float, default=default(None), help="deadline in seconds"
         )
+        parent.add_argument(
+            "--ca",
+            default=default(os.environ.get("DCF_TLS_CA") or None),
+            help="speak TLS, trusting this CA certificate (PEM; default $DCF_TLS_CA)",
+        )
+        parent.add_argument(
+            "--token",
+            default=default(os.environ.get("DCF_TOKEN") or None),
+            help="bearer token for a gateway that requires one (default $DCF_TOKEN)",
+        )
         return parent
 
     parser = argparse.ArgumentParser(
@@ -105,17 +115,35 @@ def _requests(function: str, params: dict[str, str], chunks: Iterable[bytes]) ->
         yield dcf_pb2.CallRequest(chunk=chunk)
 
 
+def open_channel(args: argparse.Namespace) -> grpc.Channel:
+    if not args.ca:
+        return grpc.insecure_channel(args.address)
+    try:
+        with open(args.ca, "rb") as pem:
+            credentials = grpc.ssl_channel_credentials(root_certificates=pem.read())
+    except OSError as exc:
+        raise CliError("INVALID_ARGUMENT", f"cannot read CA {args.ca}: {exc.strerror}") from None
+    return grpc.secure_channel(args.address, credentials)
+
+
+def call_metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {args.token}"),) if args.token else ()
+
+
 def call_remote(args: argparse.Namespace, params: dict[str, str], chunks: Iterable[bytes], out: Output) -> None:
-    with grpc.insecure_channel(args.address) as channel:
+    with open_channel(args) as channel:
         stub = dcf_pb2_grpc.GatewayStub(channel)
-        for response in stub.Call(_requests(args.function, params, chunks), timeout=args.timeout):
+        requests = _requests(args.function, params, chunks)
+        for response in stub.Call(requests, timeout=args.timeout, metadata=call_metadata(args)):
             kind = response.WhichOneof("kind")
             if kind == "header":
                 out.begin(response.header.content_type, response.header.partial_results)
             elif kind == "chunk":
                 out.chunk(response.chunk)
-            else:
+            elif kind == "result":
                 out.result(response.result)
+            elif kind == "failure":
+                raise CliError(response.failure.code, response.failure.message)
     out.end()
 
 
@@ -131,9 +159,9 @@ def call_local(args: argparse.Namespace, params: dict[str, str], chunks: Iterabl
 
 
 def list_functions(args: argparse.Namespace) -> None:
-    with grpc.insecure_channel(args.address) as channel:
+    with open_channel(args) as channel:
         reply = dcf_pb2_grpc.GatewayStub(channel).ListFunctions(
-            dcf_pb2.ListFunctionsRequest(), timeout=args.timeout
+            dcf_pb2.ListFunctionsRequest(), timeout=args.timeout, metadata=call_metadata(args)
         )
     width = max((len(fn.name) for fn in reply.functions), default=0)
     for fn in reply.functions:

@@ -98,6 +98,16 @@ class Settings:
     max_invoke_bytes: int = 64 * MiB
     grace_seconds: float = 10.0
     log_level: str = "INFO"
+    metrics_port: int = 9100
+    http_port: int = 8080  # the HTTP API and web page (server/http.py)
+    # Bearer tokens the gateway accepts; none: no token needed.
+    tokens: tuple[str, ...] = ()
+    # TLS for this role's server (PEM paths); with tls_client_ca, clients need a cert too.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # TLS from the gateway to its workers: the CA they are trusted by.
+    worker_ca: str = ""
     functions: tuple[FunctionConfig, ...] = ()
 
     def function(self, name: str) -> FunctionConfig | None:
@@ -128,17 +138,29 @@ ENVIRONMENT = {
     "DCF_MAX_INVOKE_BYTES": "max_invoke_bytes",
     "DCF_GRACE_SECONDS": "grace_seconds",
     "DCF_LOG_LEVEL": "log_level",
+    "DCF_METRICS_PORT": "metrics_port",
+    "DCF_HTTP_PORT": "http_port",
+    "DCF_TOKENS": "tokens",
+    "DCF_TLS_CERT": "tls_cert",
+    "DCF_TLS_KEY": "tls_key",
+    "DCF_TLS_CLIENT_CA": "tls_client_ca",
+    "DCF_WORKER_CA": "worker_ca",
 }
+# Settings that only the environment or flags give: secrets stay out of the file.
+SECRET_SETTINGS = {"tokens"}
 
 
 def _coerce(name: str, value: Any) -> Any:
     if name in ("chunk_bytes", "max_invoke_bytes"):
         return parse_size(value, name)
-    if name == "port":
+    if name in ("port", "metrics_port", "http_port"):
         port = int(value)
         if not 0 <= port < 65536:
-            raise ConfigError(f"port: expected 0..65535, got {value!r}")
+            raise ConfigError(f"{name}: expected 0..65535, got {value!r}")
         return port
+    if name == "tokens":
+        items = value.split(",") if isinstance(value, str) else value
+        return tuple(t.strip() for t in items if t.strip())
     if name == "grace_seconds":
         return float(value)
     return str(value)
@@ -167,12 +189,17 @@ def load_settings(
 
     values: dict[str, Any] = {}
     for key, value in (document.get("server") or {}).items():
-        if key not in ENVIRONMENT.values():
+        if key not in ENVIRONMENT.values() or key in SECRET_SETTINGS:
             raise ConfigError(f"config {path}: unknown server setting {key!r}")
         values[key] = value
     for variable, key in ENVIRONMENT.items():
         if environ.get(variable):
             values[key] = environ[variable]
+    if environ.get("DCF_TOKENS_FILE") and "tokens" not in values:
+        try:
+            values["tokens"] = Path(environ["DCF_TOKENS_FILE"]).read_text().split()
+        except OSError as exc:
+            raise ConfigError(f"DCF_TOKENS_FILE: {exc.strerror}") from None
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = value

@@ -29,6 +29,17 @@ class CallError(FunctionError):
         self.status = code.name
 
 
+def code_of(exc: BaseException) -> grpc.StatusCode:
+    """The status code ``exc`` ends a call with (for accounting; logs nothing)."""
+    if isinstance(exc, CallError):
+        return exc.code
+    if isinstance(exc, FunctionError):
+        return getattr(grpc.StatusCode, exc.status, grpc.StatusCode.INTERNAL)
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.INTERNAL
+
+
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC code and one-line message a caller should see for ``exc``."""
     if isinstance(exc, CallError):

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import uuid
 from typing import AsyncIterator, Iterator, Mapping
 
 import grpc
@@ -22,17 +24,34 @@ from handlers.base import InvalidInput, NotFound, TooLarge
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from server import errors, stream
 from server.config import FunctionConfig, Settings
+from server.metrics import Metrics
+from server.replay import ReplayableInput
 from server.routing import Routes
 
 log = logging.getLogger(__name__)
 
 
-class Gateway:
-    """Routing and admission shared by every front (dcf.v1 and, later, others)."""
+REQUEST_ID = "x-request-id"
+DEFAULT_REPLAY_BYTES = 1 << 20
 
-    def __init__(self, settings: Settings, routes: Routes) -> None:
+
+class Gateway:
+    """Routing, admission, retries and accounting shared by every front.
+
+    dcf.v1 Call and Invoke and Open Inference's ModelInfer all end in ``call``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        routes: Routes,
+        metrics: Metrics | None = None,
+        replay_bytes: int = DEFAULT_REPLAY_BYTES,
+    ) -> None:
         self.settings = settings
         self.routes = routes
+        self.metrics = metrics or Metrics()
+        self.replay_bytes = replay_bytes
         self._in_flight: dict[str, int] = {}
 
     def resolve(self, name: str) -> FunctionConfig:
@@ -54,6 +73,45 @@ class Gateway:
         finally:
             self._in_flight[fn.name] -= 1
 
+    async def call(
+        self,
+        header: dcf_pb2.CallHeader,
+        chunks: AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[dcf_pb2.CallResponse]:
+        """One call, whatever the front: resolve, admit, relay, and account for it.
+
+        The caller gets a request id in its initial metadata (its own
+        ``x-request-id`` if it sent one); the worker gets the same id.
+        """
+        request_id = _request_id(context)
+        await context.send_initial_metadata(((REQUEST_ID, request_id),))
+        started = time.monotonic()
+        label, code = "unknown", "OK"
+        sizes = [0, 0]  # bytes in, bytes out
+        try:
+            if not header.function:
+                raise InvalidInput("the request names no function")
+            fn = self.resolve(header.function)
+            label = fn.name
+            with self.admit(fn), self.metrics.running(fn.name):
+                counted = _counted(chunks, fn, sizes)
+                async for response in self.relay(fn, header, counted, context, request_id):
+                    sizes[1] += len(response.chunk) + len(response.result)
+                    yield response
+        except BaseException as exc:
+            code = errors.code_of(exc).name
+            raise
+        finally:
+            elapsed = time.monotonic() - started
+            self.metrics.finished(label, code, elapsed)
+            self.metrics.bytes_in.labels(label).inc(sizes[0])
+            self.metrics.bytes_out.labels(label).inc(sizes[1])
+            log.info(
+                "call %s %s %s %.1f ms in=%d out=%d",
+                request_id, header.function, code, elapsed * 1000, sizes[0], sizes[1],
+            )
+
     async def invoke(
         self,
         name: str,
@@ -66,31 +124,23 @@ class Gateway:
         Functions with partial results answer one collected document, as the unary
         fronts (dcf.v1 Invoke, Open Inference's ModelInfer) need.
         """
-        if not name:
-            raise InvalidInput("the request names no function")
-        fn = self.resolve(name)
-        if fn.max_input_bytes and len(data) > fn.max_input_bytes:
-            raise TooLarge(f"{fn.name}: input exceeds the limit of {fn.max_input_bytes} bytes")
-        header = dcf_pb2.CallHeader(function=fn.name, collect=True)
+        header = dcf_pb2.CallHeader(function=name, collect=True)
         header.params.update(params)
         limit = self.settings.max_invoke_bytes
         content_type = ""
         body: list[bytes] = []
         size = 0
-        with self.admit(fn):
-            chunks = _aiter(stream.split(data, self.settings.chunk_bytes))
-            async for response in self.relay(fn, header, chunks, context):
-                kind = response.WhichOneof("kind")
-                if kind == "header":
-                    content_type = response.header.content_type
-                    continue
-                piece = response.chunk if kind == "chunk" else response.result
-                size += len(piece)
-                if size > limit:
-                    raise TooLarge(
-                        f"{fn.name}: output exceeds the Invoke limit of {limit} bytes; use Call"
-                    )
-                body.append(piece)
+        chunks = _aiter(stream.split(data, self.settings.chunk_bytes))
+        async for response in self.call(header, chunks, context):
+            kind = response.WhichOneof("kind")
+            if kind == "header":
+                content_type = response.header.content_type
+                continue
+            piece = response.chunk if kind == "chunk" else response.result
+            size += len(piece)
+            if size > limit:
+                raise TooLarge(f"{name}: output exceeds the Invoke limit of {limit} bytes; use Call")
+            body.append(piece)
         return content_type, b"".join(body)
 
     async def relay(
@@ -99,9 +149,12 @@ class Gateway:
         header: dcf_pb2.CallHeader,
         chunks: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext,
+        request_id: str = "",
     ) -> AsyncIterator[dcf_pb2.CallResponse]:
         """Stream ``chunks`` to a worker of ``fn`` and yield its responses.
 
+        A worker that is unavailable before it answers anything gets the call once
+        more on another replica, if the input so far is small enough to send again.
         Raises a FunctionError (or CallError with the worker's own status) on failure.
         """
         stub = self.routes.stub(fn.name)
@@ -109,8 +162,40 @@ class Gateway:
             raise errors.CallError(
                 grpc.StatusCode.UNAVAILABLE, f"{fn.name}: no worker is configured"
             )
-        call = stub.Call(timeout=context.time_remaining())
-        upstream = asyncio.create_task(self._send(call, fn, header, chunks))
+        replay = ReplayableInput(chunks, self.replay_bytes)
+        try:
+            for attempt in (1, 2):
+                answered = False
+                try:
+                    async for response in self._attempt(stub, fn, header, replay, context, request_id):
+                        answered = True
+                        yield response
+                    return
+                except errors.CallError as exc:
+                    retry = (
+                        exc.code == grpc.StatusCode.UNAVAILABLE
+                        and attempt == 1
+                        and not answered
+                        and replay.replayable
+                    )
+                    if not retry:
+                        raise
+                    log.warning("call %s %s: %s; retrying once", request_id, fn.name, exc.message)
+        finally:
+            replay.close()
+
+    async def _attempt(
+        self,
+        stub: dcf_pb2_grpc.WorkerStub,
+        fn: FunctionConfig,
+        header: dcf_pb2.CallHeader,
+        replay: ReplayableInput,
+        context: grpc.aio.ServicerContext,
+        request_id: str,
+    ) -> AsyncIterator[dcf_pb2.CallResponse]:
+        """One streaming call to one worker, relaying both ways at once."""
+        call = stub.Call(timeout=context.time_remaining(), metadata=((REQUEST_ID, request_id),))
+        upstream = asyncio.create_task(self._send(call, fn, header, replay.chunks()))
         try:
             async for response in call:
                 if response.WhichOneof("kind") == "failure":
@@ -184,11 +269,9 @@ class GatewayServicer(dcf_pb2_grpc.GatewayServicer):
         chunks = None
         try:
             header = await stream.read_header(request_iterator)
-            fn = self._gateway.resolve(header.function)
-            with self._gateway.admit(fn):
-                chunks = stream.read_chunks(request_iterator, fn.name, fn.max_input_bytes)
-                async for response in self._gateway.relay(fn, header, chunks, context):
-                    yield response
+            chunks = stream.read_chunks(request_iterator)
+            async for response in self._gateway.call(header, chunks, context):
+                yield response
         except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
             failure = exc
         if failure is not None:
@@ -231,3 +314,21 @@ def function_info(fn: FunctionConfig) -> dcf_pb2.FunctionInfo:
 async def _aiter(items: list[memoryview]) -> AsyncIterator[bytes]:
     for item in items:
         yield bytes(item)
+
+
+async def _counted(
+    chunks: AsyncIterator[bytes], fn: FunctionConfig, sizes: list[int]
+) -> AsyncIterator[bytes]:
+    """The input, counted into ``sizes[0]``; TooLarge the moment it passes the limit."""
+    async for chunk in chunks:
+        sizes[0] += len(chunk)
+        if fn.max_input_bytes and sizes[0] > fn.max_input_bytes:
+            raise TooLarge(f"{fn.name}: input exceeds the limit of {fn.max_input_bytes} bytes")
+        yield chunk
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID and value:
+            return str(value)[:64]
+    return uuid.uuid4().hex[:16]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Iterable
+from typing import AsyncIterator, Callable, Iterable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -62,10 +62,16 @@ async def serve(
     port: int,
     max_message_bytes: int,
     grace_seconds: float,
+    credentials: grpc.ServerCredentials | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> AsyncIterator[Served]:
-    """Start a server with ``adders``' servicers plus health and reflection; stop it on exit."""
+    """Start a server with ``adders``' servicers plus health and reflection; stop it on exit.
+
+    With ``credentials`` it speaks TLS only; ``interceptors`` see every call.
+    """
     server = grpc.aio.server(
-        options=[*message_options(max_message_bytes), ("grpc.so_reuseport", 0)]
+        options=[*message_options(max_message_bytes), ("grpc.so_reuseport", 0)],
+        interceptors=list(interceptors),
     )
     names = list(service_names)
     for add in adders:
@@ -77,7 +83,10 @@ async def serve(
         server,
     )
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_insecure_port(address)
+    if credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, credentials)
     if not bound:
         raise OSError(f"cannot listen on {address}")
     await server.start()

@@ -55,7 +55,12 @@ SERVICE_CONFIG = json.dumps(
 class Routes:
     """One channel and Worker stub per function, made once and shared by all calls."""
 
-    def __init__(self, functions: Iterable[FunctionConfig], max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        functions: Iterable[FunctionConfig],
+        max_message_bytes: int,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, dcf_pb2_grpc.WorkerStub] = {}
         self._targets: dict[str, str] = {}
@@ -68,7 +73,10 @@ class Routes:
             if not fn.workers:
                 continue
             target = channel_target(fn.workers)
-            channel = grpc.aio.insecure_channel(target, options=options)
+            if credentials is None:
+                channel = grpc.aio.insecure_channel(target, options=options)
+            else:
+                channel = grpc.aio.secure_channel(target, credentials, options=options)
             self._channels[fn.name] = channel
             self._stubs[fn.name] = dcf_pb2_grpc.WorkerStub(channel)
             self._targets[fn.name] = target

@@ -26,18 +26,22 @@ async def read_header(requests: AsyncIterator[dcf_pb2.CallRequest]) -> dcf_pb2.C
     return first.header
 
 
-async def read_chunks(
-    requests: AsyncIterator[dcf_pb2.CallRequest], function: str, max_bytes: int
-) -> AsyncIterator[bytes]:
-    """The chunks after the header; raises TooLarge as soon as ``max_bytes`` is crossed."""
-    total = 0
+async def read_chunks(requests: AsyncIterator[dcf_pb2.CallRequest]) -> AsyncIterator[bytes]:
+    """The chunks after the header."""
     async for request in requests:
         if request.WhichOneof("kind") != "chunk":
             raise InvalidInput("a header may only be the first message of a stream")
-        total += len(request.chunk)
+        yield request.chunk
+
+
+async def limited(chunks: AsyncIterator[bytes], function: str, max_bytes: int) -> AsyncIterator[bytes]:
+    """``chunks``, raising TooLarge as soon as more than ``max_bytes`` (0: no limit) pass."""
+    total = 0
+    async for chunk in chunks:
+        total += len(chunk)
         if max_bytes and total > max_bytes:
             raise TooLarge(f"{function}: input exceeds the limit of {max_bytes} bytes")
-        yield request.chunk
+        yield chunk
 
 
 def check_params(function: str, given: Mapping[str, str], accepted: Mapping[str, str]) -> Params:

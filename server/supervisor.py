@@ -41,8 +41,14 @@ def local_port(address: str) -> int | None:
 class Supervisor:
     """Keeps one process per local worker running until ``stop``."""
 
-    def __init__(self, workers: list[WorkerProcess], max_backoff: float = 30.0) -> None:
+    def __init__(
+        self,
+        workers: list[WorkerProcess],
+        environment: dict[str, str] | None = None,
+        max_backoff: float = 30.0,
+    ) -> None:
         self._workers = workers
+        self._environment = environment
         self._max_backoff = max_backoff
         self._stopping = False
 
@@ -57,7 +63,9 @@ class Supervisor:
     async def _keep(self, worker: WorkerProcess) -> None:
         backoff = 0.5
         while not self._stopping:
-            worker.process = await asyncio.create_subprocess_exec(*worker.argv)
+            worker.process = await asyncio.create_subprocess_exec(
+                *worker.argv, env=self._environment
+            )
             log.info("worker %s started (pid %d, port %d)", worker.name, worker.process.pid, worker.port)
             started = asyncio.get_running_loop().time()
             code = await worker.process.wait()

@@ -53,7 +53,9 @@ def wait_serving(address: str, service: str = "", timeout: float = 60.0) -> None
 def write_registry(path: Path, extra: dict | None = None, server: dict | None = None) -> dict:
     """The packaged registry with free ports everywhere, plus ``extra`` functions."""
     document = yaml.safe_load(REGISTRY.read_text())
-    document.setdefault("server", {}).update({"port": free_port(), **(server or {})})
+    document.setdefault("server", {}).update(
+        {"port": free_port(), "metrics_port": free_port(), **(server or {})}
+    )
     functions = document["functions"]
     functions.update(extra or {})
     for entry in functions.values():

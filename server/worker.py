@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import importlib
 import logging
+import time
 from typing import AsyncIterator
 
 import grpc
@@ -74,6 +75,8 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
             return
 
         self._in_flight += 1
+        started = time.monotonic()
+        outcome = "CANCELLED"  # unless the loop below ends otherwise
         loop = asyncio.get_running_loop()
         run = HandlerRun(loop)
         thread = loop.run_in_executor(
@@ -96,14 +99,20 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
                 else:
                     for piece in stream.split(item, self._chunk_bytes):
                         yield dcf_pb2.CallResponse(chunk=bytes(piece))
+            outcome = "OK"
         except Exception as exc:  # noqa: BLE001 - mapped to a status below
             failure = exc
+            outcome = errors.code_of(exc).name
         finally:
             run.abort()
             input_pending = not feeder.done()
             feeder.cancel()
             self._in_flight -= 1
             thread.add_done_callback(_log_thread_error)
+            log.info(
+                "call %s %s %s %.1f ms",
+                _request_id(context), name, outcome, (time.monotonic() - started) * 1000,
+            )
         if failure is not None:
             async for response in errors.fail_stream(context, failure, input_pending):
                 yield response
@@ -112,8 +121,9 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
         self, run: HandlerRun, requests: AsyncIterator[dcf_pb2.CallRequest]
     ) -> None:
         try:
-            async for chunk in stream.read_chunks(
-                requests, self._config.name, self._config.max_input_bytes
+            chunks = stream.read_chunks(requests)
+            async for chunk in stream.limited(
+                chunks, self._config.name, self._config.max_input_bytes
             ):
                 await run.feed(chunk)
         except asyncio.CancelledError:
@@ -122,6 +132,11 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
             await run.fail_input(exc)
             return
         await run.end_input()
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    """The id the gateway gave this call, for logs that can be matched across processes."""
+    return dict(context.invocation_metadata() or ()).get("x-request-id", "-")
 
 
 def _log_thread_error(future: asyncio.Future[None]) -> None:

@@ -175,7 +175,7 @@ def test_killed_worker_gives_unavailable_and_gateway_stays_up(tmp_path):
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     gateway = subprocess.Popen(
-        [sys.executable, "-m", "server", "gateway", "--port", str(gateway_port),
+        [sys.executable, "-m", "server", "gateway", "--port", str(gateway_port), "--metrics-port", "0",
          "--route", f"hello-dcf=127.0.0.1:{worker_port}"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
