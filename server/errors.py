@@ -57,9 +57,9 @@ def _one_line(message: str) -> str:
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-    """End the call with the status for ``exc``; never returns."""
+    """End the call with the status for ``exc``, keeping its trailing metadata; never returns."""
     code, message = status_of(exc)
-    await context.abort(code, message)
+    await context.abort(code, message, trailing_metadata=context.trailing_metadata() or ())
 
 
 # How long a stream that failed stays open after its failure record, so that the
@@ -78,7 +78,7 @@ async def fail_stream(
     if input_pending:
         yield dcf_pb2.CallResponse(failure=dcf_pb2.CallFailure(code=code.name, message=message))
         await asyncio.sleep(RECORD_GRACE_SECONDS)
-    await context.abort(code, message)
+    await context.abort(code, message, trailing_metadata=context.trailing_metadata() or ())
 
 
 def failure_error(failure: dcf_pb2.CallFailure) -> CallError:

@@ -247,7 +247,11 @@ def test_request_id_reaches_the_caller_and_the_worker_log(dcf, stub):
         dcf_pb2.InvokeRequest(function="hello-dcf", input=b"id"),
         metadata=(("x-request-id", "trace-me-42"),),
     )
-    assert ("x-request-id", "trace-me-42") in call.initial_metadata()
+    assert ("x-request-id", "trace-me-42") in call.trailing_metadata()
+    # Failures carry it too: that is when an id is wanted most.
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Invoke(dcf_pb2.InvokeRequest(function="no-such"), metadata=(("x-request-id", "lost-1"),))
+    assert ("x-request-id", "lost-1") in err.value.trailing_metadata()
     time.sleep(0.3)
     lines = [line for line in dcf.log.read_text().splitlines() if "trace-me-42" in line]
     assert len(lines) == 2, lines  # the gateway's line and the worker's
