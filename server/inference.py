@@ -1,0 +1,108 @@
+"""inference.GRPCInferenceService: the Open Inference Protocol, a thin adapter onto ``Gateway``.
+
+Triton, KServe and MLServer clients call dcf's functions through it unchanged. Each
+function (and each alias) is a model of that name, version "1", with one BYTES
+input ``INPUT`` and one BYTES output ``OUTPUT`` of shape [1] (the conversions are in
+server/inference_codec.py). ModelInfer goes through ``Gateway.invoke``, the path of
+dcf.v1 Invoke: the same results, limits and error statuses.
+
+Readiness: ServerLive is true while the gateway answers. ModelReady is true while
+the function has a worker whose channel is READY (client-side health checking).
+ServerReady is true when every function is ready, as Triton and KServe report a
+server ready once all its models are; ask ModelReady for one function.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import grpc
+
+from handlers.base import InvalidInput
+from protos.inference import grpc_predict_v2_pb2 as pb
+from protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+from server import errors
+from server import inference_codec as codec
+from server.config import FunctionConfig
+from server.gateway import Gateway
+
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+SERVER_NAME = "dcf"
+
+
+def server_version() -> str:
+    try:
+        return importlib.metadata.version("dcf")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.1.0"
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        self._version = server_version()
+
+    def _model(self, name: str, version: str) -> FunctionConfig:
+        """The function model ``name`` stands for; raises NotFound or InvalidInput."""
+        if not name:
+            raise InvalidInput("the request names no model")
+        fn = self._gateway.resolve(name)
+        codec.check_version(name, version)
+        return fn
+
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        routes = self._gateway.routes
+        functions = self._gateway.settings.functions
+        return pb.ServerReadyResponse(ready=all(routes.ready(fn.name) for fn in functions))
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self._version, extensions=[])
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        try:
+            fn = self._model(request.name, request.version)
+        except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
+            await errors.abort(context, exc)
+            raise  # unreachable: abort raises
+        return pb.ModelReadyResponse(ready=self._gateway.routes.ready(fn.name))
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        try:
+            self._model(request.name, request.version)
+        except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
+            await errors.abort(context, exc)
+            raise  # unreachable: abort raises
+        return codec.model_metadata(request.name)
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        try:
+            self._model(request.model_name, request.model_version)
+            data, raw = codec.input_of(request)
+            codec.check_outputs(request)
+            params = codec.params_of(request)
+            content_type, body = await self._gateway.invoke(
+                request.model_name, data, params, context
+            )
+            return codec.infer_response(request, content_type, body, raw)
+        except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
+            await errors.abort(context, exc)
+            raise  # unreachable: abort raises
+
+
+def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
