@@ -187,6 +187,18 @@ def send_wav_section(service: Service, quick: bool) -> str:
     return table.render()
 
 
+def oip_section(service: Service, quick: bool) -> str:
+    """ssd through Open Inference's ModelInfer beside dcf.v1 Invoke."""
+    from bench.bench_oip import run
+
+    figures = run(service.address, photo(), repeats=40 if quick else 200)
+    table = Table("Open Inference Protocol: ssd, one image", ["path", "p50 ms", "vs Invoke"])
+    table.add("dcf.v1 Invoke", figures["invoke_p50_s"] * 1000, "1.00x")
+    table.add("inference ModelInfer (raw_input_contents)", figures["model_infer_p50_s"] * 1000,
+              f"{figures['ratio']:.3f}x")
+    return table.render()
+
+
 def gateway_overhead(service: Service, quick: bool) -> str:
     return asyncio.run(_gateway_overhead(service, quick)).render()
 
@@ -200,4 +212,5 @@ ALL: list[tuple[str, Callable[[Service, bool], str]]] = [
     ("streaming", streaming_section),
     ("ssd", ssd_section),
     ("send-wav", send_wav_section),
+    ("oip", oip_section),
 ]

@@ -54,6 +54,11 @@ class Gateway:
         self.replay_bytes = replay_bytes
         self._in_flight: dict[str, int] = {}
 
+    @property
+    def in_flight(self) -> int:
+        """Calls being served now, over all functions."""
+        return sum(self._in_flight.values())
+
     def resolve(self, name: str) -> FunctionConfig:
         fn = self.settings.function(name)
         if fn is None:

