@@ -15,7 +15,7 @@ MODEL     := models/mobilenet_ssd_v2_coco_quant_postprocess.tflite
 .PHONY: setup run test bench proto model browser clean help
 
 help:
-	@echo "make run     serve on 127.0.0.1:50051 (gateway and workers)"
+	@echo "make run     serve on 127.0.0.1:50051 (gateway and workers), web page on http://127.0.0.1:8080/"
 	@echo "make test    run the test suite"
 	@echo "make bench   measure, print a table, save it under bench/results/"
 	@echo "make setup   virtual environment, generated code and model only"
@@ -48,7 +48,7 @@ browser:
 run: setup
 	$(PY) -m server
 
-test: setup
+test: setup browser
 	$(PY) -m pytest
 
 bench: setup

@@ -199,6 +199,17 @@ def oip_section(service: Service, quick: bool) -> str:
     return table.render()
 
 
+def http_section(service: Service, quick: bool) -> str:
+    """ssd through the HTTP front beside the same call through gRPC Invoke."""
+    from bench.bench_http import run
+
+    figures = run(service.address, service.http_url, photo(), repeats=40 if quick else 200)
+    table = Table("HTTP front: ssd, one image", ["path", "p50 ms", "vs gRPC Invoke"])
+    table.add("gRPC dcf.v1 Invoke", figures["ssd_grpc_invoke_p50_ms"], "1.00x")
+    table.add("HTTP POST /v1/functions/ssd", figures["ssd_http_p50_ms"], f"{figures['http_over_grpc']:.3f}x")
+    return table.render()
+
+
 def gateway_overhead(service: Service, quick: bool) -> str:
     return asyncio.run(_gateway_overhead(service, quick)).render()
 
@@ -213,4 +224,5 @@ ALL: list[tuple[str, Callable[[Service, bool], str]]] = [
     ("ssd", ssd_section),
     ("send-wav", send_wav_section),
     ("oip", oip_section),
+    ("http", http_section),
 ]

@@ -4,6 +4,9 @@
         the gateway on 127.0.0.1:50051 and every locally addressed worker as its own process
     python -m server gateway [--config F] [--host H] [--port N] [--route ...]
     python -m server worker NAME [--config F] [--host H] [--port N]
+    python -m server http [--host H] [--port 8080] [--gateway HOST:PORT]
+        the HTTP API and web page alone, calling the gateway over gRPC; the embedded
+        default serves them too, on --http-port (8080; $DCF_HTTP_PORT) unless --no-http
 
 Settings come from defaults < the YAML file (--config, else $DCF_CONFIG, else
 server/functions.yaml) < DCF_* environment variables < these flags.
@@ -24,7 +27,10 @@ from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from server.config import ConfigError, Settings, load_settings, parse_route
 from server.gateway import Gateway, GatewayServicer
 from server.grpc_server import serve
+from server.inference import SERVICE as INFERENCE_SERVICE, InferenceServicer, add_to_server
+from server.metrics import Metrics
 from server.routing import Routes
+from server.security import TokenInterceptor, server_credentials, worker_credentials
 from server.supervisor import Supervisor, WorkerProcess, local_port
 from server.worker import worker_servicer
 
@@ -33,33 +39,53 @@ log = logging.getLogger("server")
 GATEWAY_SERVICE = dcf_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 WORKER_SERVICE = dcf_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 MESSAGE_SLACK = 1 << 16  # room for a message's framing beside its payload
+# Gateways reconnect to a worker this often, and so find replicas added behind a DNS name.
+WORKER_CONNECTION_AGE_SECONDS = 60.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", help="registry and settings YAML (default: $DCF_CONFIG or server/functions.yaml)")
-    common.add_argument("--host", help="address to listen on (default 127.0.0.1; $DCF_HOST)")
-    common.add_argument("--port", type=int, help="port to listen on ($DCF_PORT)")
-    common.add_argument("--log-level", help="DEBUG, INFO, WARNING... ($DCF_LOG_LEVEL)")
+    """The roles and their flags. Flags common to the roles may stand before or after
+    the role; a role's copy only counts when given (SUPPRESS), so it never resets one
+    given before the role."""
 
-    routing = argparse.ArgumentParser(add_help=False)
-    routing.add_argument(
-        "--route",
-        action="append",
-        default=[],
-        metavar="NAME=HOST:PORT[,HOST:PORT...]",
-        help="send function NAME to these workers instead of the registry's (repeatable)",
-    )
+    def options(suppress: bool, gateway: bool) -> argparse.ArgumentParser:
+        parent = argparse.ArgumentParser(add_help=False)
+        default = argparse.SUPPRESS if suppress else None
+        parent.add_argument("--config", default=default,
+                            help="registry and settings YAML (default: $DCF_CONFIG or server/functions.yaml)")
+        parent.add_argument("--host", default=default,
+                            help="address to listen on (default 127.0.0.1; $DCF_HOST)")
+        parent.add_argument("--port", type=int, default=default, help="port to listen on ($DCF_PORT)")
+        parent.add_argument("--log-level", default=default,
+                            help="DEBUG, INFO, WARNING... ($DCF_LOG_LEVEL)")
+        if gateway:
+            parent.add_argument(
+                "--route", action="append", default=argparse.SUPPRESS if suppress else [],
+                metavar="NAME=HOST:PORT[,HOST:PORT...]",
+                help="send function NAME to these workers instead of the registry's (repeatable)",
+            )
+            parent.add_argument("--metrics-port", type=int, default=default,
+                                help="Prometheus metrics port (default 9100; $DCF_METRICS_PORT)")
+        return parent
 
     parser = argparse.ArgumentParser(
         prog="python -m server",
         description="dcf: the gateway and its function workers",
-        parents=[common, routing],
+        parents=[options(suppress=False, gateway=True)],
     )
     roles = parser.add_subparsers(dest="role")
-    roles.add_parser("gateway", parents=[common, routing], help="run the gateway only")
-    worker = roles.add_parser("worker", parents=[common], help="run one function's worker")
+    roles.add_parser("gateway", parents=[options(True, True)], help="run the gateway only")
+    worker = roles.add_parser("worker", parents=[options(True, False)], help="run one function's worker")
     worker.add_argument("function", help="the function this worker serves")
+    parser.add_argument("--http-port", type=int,
+                        help="port of the HTTP API and web page (default 8080; $DCF_HTTP_PORT)")
+    parser.add_argument("--no-http", action="store_true", help="serve no HTTP API and web page")
+    http = roles.add_parser("http", parents=[options(True, False)],
+                            help="run the HTTP API and web page only (--port is the HTTP port)")
+    http.add_argument("--gateway", metavar="HOST:PORT",
+                      help="the gateway to call (default 127.0.0.1 and the gateway port)")
+    http.add_argument("--gateway-ca", metavar="PEM",
+                      help="reach the gateway with TLS, trusting this CA certificate")
     return parser
 
 
@@ -67,6 +93,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
     overrides = {"host": args.host, "log_level": args.log_level}
     if args.role != "worker":
         overrides["port"] = args.port
+        overrides["metrics_port"] = args.metrics_port
+    if args.role == "http":
+        overrides.update(port=None, metrics_port=None, http_port=args.port)
+    elif args.http_port is not None:
+        overrides["http_port"] = args.http_port
     settings = load_settings(args.config, overrides=overrides)
     routes = dict(parse_route(text) for text in getattr(args, "route", []))
     return settings.with_routes(routes) if routes else settings
@@ -101,6 +132,9 @@ async def run_worker(settings: Settings, name: str, port: int | None) -> int:
             port,
             settings.chunk_bytes + MESSAGE_SLACK,
             settings.grace_seconds,
+            credentials=server_credentials(settings),
+            in_flight=lambda: servicer.in_flight,
+            max_connection_age_seconds=WORKER_CONNECTION_AGE_SECONDS,
         ):
             await stop.wait()
             log.info("worker %s stopping", name)
@@ -109,19 +143,39 @@ async def run_worker(settings: Settings, name: str, port: int | None) -> int:
     return 0
 
 
-async def run_gateway(settings: Settings, stop: asyncio.Event | None = None) -> int:
+async def run_gateway(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    serving: asyncio.Future[int] | None = None,
+) -> int:
     stop = stop or _stop_event()
-    routes = Routes(settings.functions, settings.max_invoke_bytes + MESSAGE_SLACK)
-    gateway = Gateway(settings, routes)
+    routes = Routes(
+        settings.functions, settings.max_invoke_bytes + MESSAGE_SLACK, worker_credentials(settings)
+    )
+    metrics = Metrics()
+    try:
+        metrics_port = metrics.serve(settings.host, settings.metrics_port)
+    except OSError as exc:
+        log.error("cannot serve metrics on port %d: %s", settings.metrics_port, exc.strerror)
+        return 2
+    log.info("metrics on http://%s:%d/metrics", settings.host, metrics_port)
+    gateway = Gateway(settings, routes, metrics)
     servicer = GatewayServicer(gateway)
+    inference = InferenceServicer(gateway)
     try:
         async with serve(
-            [lambda server: dcf_pb2_grpc.add_GatewayServicer_to_server(servicer, server)],
-            [GATEWAY_SERVICE],
+            [
+                lambda server: dcf_pb2_grpc.add_GatewayServicer_to_server(servicer, server),
+                lambda server: add_to_server(inference, server),
+            ],
+            [GATEWAY_SERVICE, INFERENCE_SERVICE],
             settings.host,
             settings.port,
             settings.max_invoke_bytes + MESSAGE_SLACK,
             settings.grace_seconds,
+            credentials=server_credentials(settings),
+            interceptors=[TokenInterceptor(settings.tokens)] if settings.tokens else [],
+            in_flight=lambda: gateway.in_flight,
         ) as served:
             watchers = [
                 asyncio.create_task(routes.watch(fn.name, served.set_serving))
@@ -129,6 +183,8 @@ async def run_gateway(settings: Settings, stop: asyncio.Event | None = None) -> 
             ]
             names = ", ".join(fn.name for fn in settings.functions)
             log.info("dcf gateway serving on %s:%d: %s", settings.host, served.port, names)
+            if serving is not None and not serving.done():
+                serving.set_result(served.port)
             await stop.wait()
             log.info("gateway stopping: finishing calls in flight (up to %gs)", settings.grace_seconds)
             for task in watchers:
@@ -139,20 +195,50 @@ async def run_gateway(settings: Settings, stop: asyncio.Event | None = None) -> 
     return 0
 
 
-async def run_embedded(settings: Settings, config_args: list[str]) -> int:
+async def run_embedded(settings: Settings, config_args: list[str], http: bool = True) -> int:
     workers = []
     for fn in settings.functions:
         port = local_port(fn.workers[0]) if fn.workers else None
         if port is not None:
             argv = Supervisor.command(fn.name, port, config_args)
             workers.append(WorkerProcess(name=fn.name, port=port, argv=argv))
-    supervisor = Supervisor(workers)
+    # Local workers speak TLS only when the gateway is told how to trust them.
+    plaintext_workers = not settings.worker_ca
+    supervisor = Supervisor(workers, environment=worker_environment(plaintext_workers))
     stop = _stop_event()
     await supervisor.start()
+    front = None
     try:
-        return await run_gateway(settings, stop)
+        if not http:
+            return await run_gateway(settings, stop)
+        from server.http import serve_beside_gateway
+
+        gateway_port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        front = asyncio.create_task(serve_beside_gateway(settings, stop, gateway_port))
+        code = await run_gateway(settings, stop, gateway_port)
+        stop.set()
+        return code or await front
     finally:
+        if front is not None and not front.done():
+            stop.set()
+            await asyncio.gather(front, return_exceptions=True)
         await supervisor.stop(settings.grace_seconds)
+
+
+async def run_http(settings: Settings, gateway: str | None, gateway_ca: str | None) -> int:
+    from server.http import serve_role
+
+    address = gateway or f"127.0.0.1:{settings.port}"
+    return await serve_role(settings, address, gateway_ca or "", _stop_event())
+
+
+def worker_environment(plaintext: bool) -> dict[str, str]:
+    """The environment of local worker processes: the gateway's, less its TLS if plaintext."""
+    environment = dict(os.environ)
+    if plaintext:
+        for name in ("DCF_TLS_CERT", "DCF_TLS_KEY", "DCF_TLS_CLIENT_CA"):
+            environment.pop(name, None)
+    return environment
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -170,7 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(run_worker(settings, args.function, args.port))
     if args.role == "gateway":
         return asyncio.run(run_gateway(settings))
+    if args.role == "http":
+        return asyncio.run(run_http(settings, args.gateway, args.gateway_ca))
     config_args = ["--config", os.path.abspath(args.config)] if args.config else []
     if args.log_level:
         config_args += ["--log-level", args.log_level]
-    return asyncio.run(run_embedded(settings, config_args))
+    return asyncio.run(run_embedded(settings, config_args, http=not args.no_http))

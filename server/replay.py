@@ -47,7 +47,8 @@ class ReplayableInput:
                 self._pending = None
                 return
             except BaseException:
-                if self._pending.done():
+                # close() may already have dropped the read (it runs while this waits).
+                if self._pending is not None and self._pending.done():
                     self._pending = None
                 raise
             self._pending = None

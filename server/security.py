@@ -19,8 +19,10 @@ from typing import Awaitable, Callable, Iterable
 import grpc
 
 from server.config import ConfigError, Settings
+from server.errors import CallError, fail_stream
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+CALL_METHOD = "/dcf.v1.Gateway/Call"
 
 
 def _read(path: str, what: str) -> bytes:
@@ -74,7 +76,7 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         refusal = self._refusal(details.invocation_metadata or ())
         if refusal is None:
             return handler
-        return _refusing(handler, *refusal)
+        return _refusing(handler, *refusal, announce=details.method == CALL_METHOD)
 
     def _refusal(self, metadata) -> tuple[grpc.StatusCode, str] | None:
         given = next((value for key, value in metadata if key == "authorization"), None)
@@ -89,15 +91,23 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         return None
 
 
-def _refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as ``handler`` that ends the call with ``code``."""
+def _refusing(
+    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str, announce: bool
+) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as ``handler`` that ends the call with ``code``.
+
+    ``announce``: a dcf.v1 Call stream, whose caller may still be writing, gets the
+    failure record first (see errors.fail_stream).
+    """
 
     async def unary(request, context):
         await context.abort(code, message)
 
     async def streaming(request, context):
+        if announce:
+            async for response in fail_stream(context, CallError(code, message), input_pending=True):
+                yield response
         await context.abort(code, message)
-        yield  # pragma: no cover - makes this an async generator
 
     make = {
         (False, False): grpc.unary_unary_rpc_method_handler,

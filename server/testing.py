@@ -50,11 +50,24 @@ def wait_serving(address: str, service: str = "", timeout: float = 60.0) -> None
     raise TimeoutError(f"{address} service {service!r} not serving after {timeout}s ({last})")
 
 
+def wait_listening(port: int, host: str = "127.0.0.1", timeout: float = 30.0) -> None:
+    """Wait until something accepts TCP connections on ``host:port``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s") from None
+            time.sleep(0.05)
+
+
 def write_registry(path: Path, extra: dict | None = None, server: dict | None = None) -> dict:
     """The packaged registry with free ports everywhere, plus ``extra`` functions."""
     document = yaml.safe_load(REGISTRY.read_text())
     document.setdefault("server", {}).update(
-        {"port": free_port(), "metrics_port": free_port(), **(server or {})}
+        {"port": free_port(), "metrics_port": free_port(), "http_port": free_port(), **(server or {})}
     )
     functions = document["functions"]
     functions.update(extra or {})
@@ -73,6 +86,14 @@ class Service:
     config: Path
     document: dict
     log: Path
+    http_port: int | None = None  # the HTTP front's, None with --no-http
+
+    @property
+    def http_url(self) -> str:
+        """``http://127.0.0.1:PORT`` of the HTTP API and web page."""
+        if self.http_port is None:
+            raise RuntimeError("this service runs without its HTTP front (--no-http)")
+        return f"http://127.0.0.1:{self.http_port}"
 
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(self.address, options=[("grpc.max_receive_message_length", 1 << 28)])
@@ -106,10 +127,17 @@ def start_service(tmp: Path, extra: dict | None = None, args: list[str] | None =
         env={**os.environ, **(env or {})},
     )
     service = Service(process, f"127.0.0.1:{document['server']['port']}", config, document, log)
+    given = list(args or [])
+    if "--http-port" in given:
+        service.http_port = int(given[given.index("--http-port") + 1])
+    elif "--no-http" not in given:
+        service.http_port = int(document["server"]["http_port"])
     try:
         wait_serving(service.address)
         for name in document["functions"]:
             wait_serving(service.address, name, timeout=120)
+        if service.http_port is not None:
+            wait_listening(service.http_port)
     except BaseException:
         service.stop()
         raise RuntimeError(f"server did not start:\n{log.read_text()[-4000:]}")

@@ -1,0 +1,355 @@
+"""The HTTP API's handlers: one POST becomes one ``dcf.v1.Gateway/Call``.
+
+The request body goes up in chunks as it arrives and the answer comes down as it
+is produced, so neither is ever held whole. A function with partial results
+(ssd-video) answers ``application/x-ndjson``, one line per result, sent the moment
+it arrives.
+
+The HTTP status is decided before the response starts: the front waits for the
+gateway's header and the answer's first piece (or the end, or an error), so a
+call that fails early gets a real status and a JSON body
+``{"code": "NOT_FOUND", "message": "..."}`` (``http_status``: the one mapping from
+gRPC statuses). A failure after the answer has begun ends an NDJSON answer with
+one line ``{"error": {"code": ..., "message": ...}}``; any other answer is cut off
+without its final chunk, so no client can take a truncated body for a whole one.
+A client that goes away cancels the call.
+
+``Authorization`` and ``X-Request-Id`` are passed to the gateway as gRPC metadata
+(a request id is made when the client sends none, and returned either way);
+``X-Dcf-Timeout: SECONDS`` sets the call's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import uuid
+from typing import Any, Mapping
+
+import grpc
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
+from server import errors
+
+log = logging.getLogger(__name__)
+
+NDJSON = "application/x-ndjson"
+TIMEOUT_HEADER = "x-dcf-timeout"
+REQUEST_ID = "x-request-id"
+
+# gRPC status -> HTTP status. RESOURCE_EXHAUSTED is 413 for an input over the
+# limit and 429 for too many calls in flight; the gateway and the workers word
+# the two differently and consistently ("exceeds the limit", "too many calls").
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+TOO_MANY_CALLS = "too many calls in flight"
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def http_status(code: grpc.StatusCode, message: str) -> int:
+    """The HTTP status for a call that ended with ``code`` and ``message``."""
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and TOO_MANY_CALLS in message:
+        return 429
+    return HTTP_STATUS.get(code, 500)
+
+
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message}, status, headers=dict(headers or {}))
+
+
+def call_error_response(
+    exc: errors.CallError, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return error_response(http_status(exc.code, exc.message), exc.code.name, exc.message, headers)
+
+
+def _metadata(request: Request) -> list[tuple[str, str]]:
+    auth = request.headers.get("authorization")
+    return [("authorization", auth)] if auth else []
+
+
+def _call_metadata(request: Request) -> tuple[list[tuple[str, str]], str]:
+    """The call's metadata, with a request id: the client's own, else a new one."""
+    request_id = (request.headers.get(REQUEST_ID) or uuid.uuid4().hex[:16])[:64]
+    return [*_metadata(request), (REQUEST_ID, request_id)], request_id
+
+
+def _timeout(request: Request) -> float | None:
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise errors.CallError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"header X-Dcf-Timeout: expected a number of seconds > 0, got {raw!r}",
+        )
+    return seconds
+
+
+def _params(request: Request) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for key, value in request.query_params.multi_items():
+        if key in params:
+            raise errors.CallError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"param {key} is given more than once"
+            )
+        params[key] = value
+    return params
+
+
+class Relay:
+    """One HTTP request relayed as one gRPC Call: the body goes up, responses come down."""
+
+    def __init__(
+        self,
+        stub: dcf_pb2_grpc.GatewayStub,
+        call: grpc.aio.StreamStreamCall,
+        request: Request,
+        name: str,
+    ) -> None:
+        self.stub = stub
+        self.call = call
+        self.name = name
+        self.client_gone = False
+        self._request = request
+        self._upload: asyncio.Task[None] | None = None
+
+    def start(self, header: dcf_pb2.CallHeader) -> None:
+        self._upload = asyncio.create_task(self._send(header))
+
+    async def _send(self, header: dcf_pb2.CallHeader) -> None:
+        """Stream the body up as it arrives; then watch for the client going away."""
+        call = self.call
+        try:
+            await call.write(dcf_pb2.CallRequest(header=header))
+            async for piece in self._request.stream():
+                if piece:
+                    await call.write(dcf_pb2.CallRequest(chunk=piece))
+            await call.done_writing()
+        except ClientDisconnect:
+            self._gone()
+            return
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            # The call has ended; its status arrives on the response side.
+            return
+        # The whole body is in; the next message is the client's disconnect, either
+        # when it goes away early or once the response is complete.
+        while (await self._request.receive())["type"] != "http.disconnect":
+            pass
+        self._gone()
+
+    def _gone(self) -> None:
+        if not self.call.done():
+            self.client_gone = True
+            log.info("HTTP client went away: cancelling its call to %s", self.name)
+            self.call.cancel()
+
+    async def next(self) -> dcf_pb2.CallResponse | None:
+        """The next response, None at the end; raises CallError with the call's status."""
+        try:
+            response = await self.call.read()
+        except grpc.aio.AioRpcError as exc:
+            code, details = await errors.upstream_status(self.call, exc)
+            if exc.code() == grpc.StatusCode.INTERNAL and code == grpc.StatusCode.UNAVAILABLE:
+                code, details = await self._lost_status(code, details)
+            raise errors.CallError(code, details or code.name) from None
+        except (asyncio.CancelledError, asyncio.InvalidStateError):
+            # grpcio raises CancelledError from a call cancelled locally (the client
+            # went away); only a cancellation of this task itself goes on as one.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise errors.CallError(grpc.StatusCode.CANCELLED, "the call was cancelled") from None
+        if response is grpc.aio.EOF:
+            return None
+        if response.WhichOneof("kind") == "failure":
+            raise errors.failure_error(response.failure)
+        return response
+
+    async def _lost_status(
+        self, code: grpc.StatusCode, details: str
+    ) -> tuple[grpc.StatusCode, str]:
+        """The status of a call whose own status grpcio lost to a write racing its end.
+
+        A gateway that refuses a caller's token ends the call at once, without the
+        failure record its other refusals send first; a body write racing that end
+        loses the status (see server/errors.py). The token is checked the same way
+        for every method, so ask ListFunctions with the same metadata: a refusal
+        there is the refusal of the call.
+        """
+        try:
+            await self.stub.ListFunctions(
+                dcf_pb2.ListFunctionsRequest(), metadata=_metadata(self._request), timeout=5
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                return exc.code(), exc.details() or exc.code().name
+        return code, details
+
+    async def close(self) -> None:
+        self.call.cancel()
+        if self._upload is not None:
+            self._upload.cancel()
+            await asyncio.gather(self._upload, return_exceptions=True)
+
+
+class RelayResponse(Response):
+    """The answer of a call whose header (and first piece) have arrived, streamed as it comes."""
+
+    def __init__(
+        self,
+        relay: Relay,
+        header: dcf_pb2.ResponseHeader,
+        first: dcf_pb2.CallResponse | None,
+        headers: Mapping[str, str],
+    ) -> None:
+        self.relay = relay
+        self.partial = header.partial_results
+        self.first = first
+        self.status_code = 200
+        self.media_type = (
+            NDJSON if self.partial else header.content_type or "application/octet-stream"
+        )
+        self.background = None
+        self.init_headers(
+            {"cache-control": "no-store", "x-content-type-options": "nosniff", **headers}
+        )
+        if self.partial:
+            self.headers["x-accel-buffering"] = "no"  # proxies: pass each line on at once
+
+    def _piece(self, response: dcf_pb2.CallResponse) -> bytes:
+        if self.partial:
+            return response.result.rstrip(b"\r\n") + b"\n"
+        return response.chunk
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Starlette's StreamingResponse would read ``receive`` to watch for a
+        # disconnect while the body may still be coming in; Relay does that instead.
+        try:
+            whole = await self._stream(send)
+        finally:
+            await self.relay.close()
+        if whole and not self.relay.client_gone:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _stream(self, send: Send) -> bool:
+        """Send the answer as it comes; False if it must be cut off instead of ended."""
+        relay = self.relay
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        try:
+            response = self.first
+            while response is not None:
+                if not relay.client_gone:
+                    body = self._piece(response)
+                    if body:
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
+                response = await relay.next()
+        except errors.CallError as exc:
+            if relay.client_gone:
+                return False
+            log.warning(
+                "call to %s failed after its answer began: %s: %s",
+                relay.name, exc.code.name, exc.message,
+            )
+            if not self.partial:
+                return False  # the client sees an incomplete body, never a short one
+            line = {"error": {"code": exc.code.name, "message": exc.message}}
+            await send({
+                "type": "http.response.body",
+                "body": json.dumps(line).encode() + b"\n",
+                "more_body": True,
+            })
+        return True
+
+
+async def call_function(request: Request) -> Response:
+    name = request.path_params["name"]
+    if request.method != "POST":
+        return error_response(
+            405, "METHOD_NOT_ALLOWED",
+            f"call a function with POST /v1/functions/{name}; GET /v1/functions lists them",
+            {"allow": "POST"},
+        )
+    try:
+        params = _params(request)
+        timeout = _timeout(request)
+    except errors.CallError as exc:
+        return call_error_response(exc)
+    stub: dcf_pb2_grpc.GatewayStub = request.app.state.gateway
+    metadata, request_id = _call_metadata(request)
+    relay = Relay(stub, stub.Call(timeout=timeout, metadata=metadata), request, name)
+    header = dcf_pb2.CallHeader(function=name)
+    header.params.update(params)
+    relay.start(header)
+    try:
+        # Decide the status: wait for the header and the first piece of the answer.
+        first = await relay.next()
+        if first is None or first.WhichOneof("kind") != "header":
+            raise errors.CallError(
+                grpc.StatusCode.INTERNAL, f"{name}: the gateway answered without a header"
+            )
+        head = first.header
+        first = await relay.next()
+    except errors.CallError as exc:
+        await relay.close()
+        return call_error_response(exc, {REQUEST_ID: request_id})
+    except BaseException:
+        await relay.close()
+        raise
+    return RelayResponse(relay, head, first, {REQUEST_ID: request_id})
+
+
+def _function_json(fn: dcf_pb2.FunctionInfo) -> dict[str, Any]:
+    return {
+        "name": fn.name,
+        "description": fn.description,
+        "input_content_type": fn.input_content_type,
+        "output_content_type": fn.output_content_type,
+        "aliases": list(fn.aliases),
+        "params": dict(fn.params),
+        "max_input_bytes": fn.max_input_bytes,
+    }
+
+
+async def list_functions(request: Request) -> Response:
+    stub: dcf_pb2_grpc.GatewayStub = request.app.state.gateway
+    try:
+        reply = await stub.ListFunctions(
+            dcf_pb2.ListFunctionsRequest(), metadata=_metadata(request), timeout=30
+        )
+    except grpc.aio.AioRpcError as exc:
+        return call_error_response(errors.CallError(exc.code(), exc.details() or exc.code().name))
+    return JSONResponse(
+        [_function_json(fn) for fn in reply.functions], headers={"cache-control": "no-store"}
+    )
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        code = "METHOD_NOT_ALLOWED"
+        message = f"{request.method} is not allowed on {request.url.path}"
+    elif exc.status_code == 404:
+        code, message = "NOT_FOUND", f"no such path {request.url.path} (try GET /v1/functions)"
+    else:
+        code, message = "INVALID_ARGUMENT" if exc.status_code < 500 else "INTERNAL", str(exc.detail)
+    return error_response(exc.status_code, code, message, exc.headers)

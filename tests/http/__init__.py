@@ -1,0 +1,156 @@
+"""Helpers for the HTTP front's tests: inputs made here, a client that writes and reads
+at once, and the gateway's own counters.
+
+httpx (like most HTTP/1.1 clients) sends the whole body before it reads a byte of
+the answer, so it cannot show an answer arriving while the body is still going
+up. ``Duplex`` can: the request head is made by h11, the body is written to the
+socket as the test decides, and h11 parses the answer as it comes.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import socket
+import threading
+import time
+import urllib.request
+import wave
+from pathlib import Path
+
+import h11
+import matplotlib
+import numpy as np
+
+GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+MiB = 1 << 20
+
+
+def wav_bytes(seconds: float = 1.0, rate: int = 16000, hz: float = 440.0) -> bytes:
+    """A mono 16-bit WAV of a rising tone."""
+    t = np.arange(int(seconds * rate)) / rate
+    samples = 0.5 * np.sin(2 * np.pi * (hz + 1500 * t) * t)
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes((samples * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+def video_file(path: Path, frames: int = 12, size: tuple[int, int] = (320, 240)) -> Path:
+    """An MP4 of ``frames`` frames: Grace Hopper's photo sliding across a grey field."""
+    import cv2
+
+    width, height = size
+    photo = cv2.imread(str(GRACE_HOPPER))
+    scale = (height - 20) / photo.shape[0]
+    photo = cv2.resize(photo, (int(photo.shape[1] * scale), height - 20))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (width, height))
+    if not writer.isOpened():
+        raise RuntimeError("OpenCV cannot write MP4 here")
+    try:
+        for i in range(frames):
+            frame = np.full((height, width, 3), 110, np.uint8)
+            x = min(width - photo.shape[1], 4 + i * 6)
+            frame[10 : 10 + photo.shape[0], x : x + photo.shape[1]] = photo
+            writer.write(frame)
+    finally:
+        writer.release()
+    return path
+
+
+class Duplex:
+    """One POST over a plain socket: write the body piece by piece, read the answer as it
+    arrives, in any order."""
+
+    def __init__(self, port: int, path: str, length: int, headers: dict | None = None,
+                 timeout: float = 60.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.conn = h11.Connection(h11.CLIENT)
+        head = [("host", f"127.0.0.1:{port}"), ("content-length", str(length))]
+        head += list((headers or {}).items())
+        self.sock.sendall(self.conn.send(h11.Request(method="POST", target=path, headers=head)))
+        self.sent = 0
+        self.reads = 0  # socket reads so far; an event was in the bytes of read number ``reads``
+        self.read_at = 0.0  # when the last read returned (time.monotonic)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+        self.sent += len(data)
+
+    def event(self):
+        """The answer's next h11 event (Response, Data, EndOfMessage), waiting for it."""
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            data = self.sock.recv(MiB)
+            self.reads += 1
+            self.read_at = time.monotonic()
+            self.conn.receive_data(data)
+
+    def response(self) -> h11.Response:
+        event = self.event()
+        assert isinstance(event, h11.Response), event
+        return event
+
+    def body(self) -> bytes:
+        """The rest of the answer's body, to its end."""
+        parts = []
+        while not isinstance(event := self.event(), h11.EndOfMessage):
+            parts.append(bytes(event.data))
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "Duplex":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+class PeakRss:
+    """The largest resident size of a process while the block runs, sampled every 10 ms."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.start = self.peak = rss_bytes(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, rss_bytes(self.pid))
+
+    def __enter__(self) -> "PeakRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def metric(metrics_port: int, name: str, **labels: str) -> float:
+    """One sample from the gateway's Prometheus endpoint (0 when it has none yet)."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    for line in text.splitlines():
+        match = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+        if not match or match.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+        if all(found.get(key) == value for key, value in labels.items()):
+            return float(match.group(3))
+    return 0.0

@@ -1,0 +1,505 @@
+"""The HTTP API against a real ``python -m server`` (the session's ``dcf`` service, whose
+HTTP front runs in the gateway's process) and against the ``http`` role on its own."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import h11
+import httpx
+import pytest
+from PIL import Image
+
+from server.http_api import http_status
+from server.testing import ROOT, Service, free_port, wait_listening, wait_serving
+from tests.http import GRACE_HOPPER, MiB, Duplex, PeakRss, metric, video_file, wav_bytes
+
+JSON_ERROR_KEYS = {"code", "message"}
+
+
+@pytest.fixture(scope="module")
+def api(dcf: Service) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=dcf.http_url, timeout=60) as client:
+        yield client
+
+
+def functions(api: httpx.Client) -> dict[str, dict]:
+    reply = api.get("/v1/functions")
+    assert reply.status_code == 200
+    return {fn["name"]: fn for fn in reply.json()}
+
+
+def needs(api: httpx.Client, name: str) -> None:
+    if name not in functions(api):
+        pytest.skip(f"{name} is not in the registry (server/functions.yaml) yet")
+
+
+def assert_error(reply: httpx.Response, status: int, code: str, *words: str) -> dict:
+    assert reply.status_code == status, reply.text
+    assert reply.headers["content-type"] == "application/json"
+    body = reply.json()
+    assert set(body) == JSON_ERROR_KEYS and body["code"] == code, body
+    for word in words:
+        assert word in body["message"], body
+    return body
+
+
+# ---------------------------------------------------------------- every function
+
+
+def test_list_functions(api):
+    listed = functions(api)
+    assert {"hello-dcf", "send-wav", "ssd"} <= set(listed)
+    wav = listed["send-wav"]
+    assert wav["input_content_type"] == "audio/wav"
+    assert wav["output_content_type"] == "image/png"
+    assert wav["aliases"] == ["stft"]
+    assert "binsize" in wav["params"] and wav["max_input_bytes"] > 0
+    assert listed["hello-dcf"]["description"]
+
+
+def test_hello_dcf_echoes(api):
+    reply = api.post("/v1/functions/hello-dcf", content="Hello, DCF!")
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/plain")
+    assert reply.text == "Hello, DCF!"
+    assert reply.headers["x-request-id"]
+
+
+def test_empty_body_is_an_empty_answer(api):
+    reply = api.post("/v1/functions/hello-dcf", content=b"")
+    assert reply.status_code == 200 and reply.content == b""
+
+
+def test_send_wav_answers_a_png_with_params(api):
+    reply = api.post("/v1/functions/stft", params={"width": "400", "height": "200"},
+                     content=wav_bytes())
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(reply.content)).size == (400, 200)
+
+
+def test_ssd_finds_grace_hopper(api):
+    reply = api.post("/v1/functions/ssd", params={"threshold": "0.4"},
+                     content=GRACE_HOPPER.read_bytes())
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["content-type"] == "application/json"
+    answer = reply.json()
+    assert (answer["width"], answer["height"]) == (512, 600)
+    people = [d for d in answer["detections"] if d["label"] == "person"]
+    assert people and people[0]["confidence"] >= 0.4
+    assert all(d["confidence"] >= 0.4 for d in answer["detections"])
+
+
+def test_ssd_annotated_is_a_png(api):
+    reply = api.post("/v1/functions/ssd", params={"annotate": "true"},
+                     content=GRACE_HOPPER.read_bytes())
+    assert reply.status_code == 200 and reply.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(reply.content)).size == (512, 600)
+
+
+def test_ssd_video_streams_one_line_per_frame(api, dcf, tmp_path):
+    """Each frame's line is sent the moment it is done: the first line reaches the
+    client in an earlier read than the end of the answer, well before it. (ssd-video
+    spools the whole upload before decoding, an MP4's index may be at its end, so
+    the lines can only begin once the upload is complete.)"""
+    needs(api, "ssd-video")
+    clip = video_file(tmp_path / "clip.mp4").read_bytes()
+    with Duplex(dcf.http_port, "/v1/functions/ssd-video", len(clip)) as call:
+        call.send(clip)
+        head = call.response()
+        assert head.status_code == 200
+        assert dict(head.headers)[b"content-type"] == b"application/x-ndjson"
+        first = call.event()
+        assert isinstance(first, h11.Data) and first.data.endswith(b"\n"), first
+        first_read, first_at = call.reads, call.read_at
+        rest = call.body()
+        assert call.reads > first_read, "the whole answer came in one piece"
+        assert call.read_at - first_at > 0.02, "the lines came all at once"
+    lines = [json.loads(line) for line in (bytes(first.data) + rest).splitlines()]
+    frames = [line for line in lines if "frame" in line]
+    numbers = [f["frame"] for f in frames]
+    assert len(frames) >= 2 and numbers == list(range(numbers[0], numbers[0] + len(frames)))
+    assert any(d["label"] == "person" for f in frames for d in f["detections"])
+    assert "frames_read" in lines[-1] and "frame" not in lines[-1]
+
+
+def test_ssd_video_error_after_the_first_lines_is_a_last_line(api, dcf, tmp_path):
+    """A failure once lines have gone out (here the call's deadline, mid-video) ends
+    the NDJSON answer with one error line; the status was 200 long before."""
+    needs(api, "ssd-video")
+    clip = video_file(tmp_path / "long.mp4", frames=500, size=(160, 120)).read_bytes()
+    reply = api.post("/v1/functions/ssd-video", params={"max_frames": "500"}, content=clip,
+                     headers={"x-dcf-timeout": "2"})
+    assert reply.status_code == 200
+    lines = [json.loads(line) for line in reply.text.splitlines()]
+    assert "frame" in lines[0] and all("frame" in line for line in lines[:-1])
+    assert set(lines[-1]) == {"error"} and set(lines[-1]["error"]) == {"code", "message"}
+    assert lines[-1]["error"]["code"] == "DEADLINE_EXCEEDED"
+    assert len(lines) - 1 < 500
+
+
+def test_a_body_failing_after_it_began_is_cut_off(dcf):
+    """echo-small (1 MiB limit) echoes its first MiB, then the limit is crossed: the
+    answer had begun (200), so it is cut off without its last chunk, and no client
+    can take the shorter body for a whole one."""
+    total = 3 * MiB
+    with Duplex(dcf.http_port, "/v1/functions/echo-small", total) as call:
+        call.send(b"e" * (512 << 10))
+        assert call.response().status_code == 200
+        received = len(call.event().data)
+        # The connection ends without the answer's last chunk (h11 says so, or the
+        # socket is reset with the rest of the body still unread by the server).
+        with pytest.raises((h11.RemoteProtocolError, ConnectionError)):
+            call.send(b"e" * (total - (512 << 10)))
+            while not isinstance(event := call.event(), h11.EndOfMessage):
+                received += len(event.data)
+    assert received <= MiB
+
+
+# ---------------------------------------------------------------- streaming
+
+
+def test_echo_answers_each_piece_before_the_next_is_sent(dcf):
+    """The body goes up as it arrives and the answer comes down as it is made: each
+    piece's echo is read back before the next piece is written."""
+    pieces = [bytes([65 + i]) * (256 << 10) for i in range(4)]
+    total = sum(map(len, pieces))
+    with Duplex(dcf.http_port, "/v1/functions/hello-dcf", total) as call:
+        call.send(pieces[0])
+        assert call.response().status_code == 200
+        echoed = b""
+        for i, piece in enumerate(pieces):
+            if i:
+                call.send(piece)
+            while len(echoed) < (i + 1) * len(piece):
+                event = call.event()
+                assert isinstance(event, h11.Data), f"answer ended early after {len(echoed)} bytes"
+                echoed += event.data
+            assert call.sent < total or i == len(pieces) - 1
+        assert echoed == b"".join(pieces)
+        assert isinstance(call.event(), h11.EndOfMessage)
+
+
+def test_256_mib_echo_keeps_the_front_memory_flat(dcf):
+    """256 MiB up and back through the HTTP front, which runs in the gateway's
+    process: its resident memory must not grow with the payload."""
+    total, block = 256 * MiB, bytes(range(256)) * 4096  # 1 MiB
+    received = 0
+    with Duplex(dcf.http_port, "/v1/functions/hello-dcf", total) as call:
+
+        def upload() -> None:
+            for _ in range(total // len(block)):
+                call.send(block)
+
+        writer = threading.Thread(target=upload, daemon=True)
+        with PeakRss(dcf.process.pid) as rss:
+            writer.start()
+            assert call.response().status_code == 200
+            while not isinstance(event := call.event(), h11.EndOfMessage):
+                received += len(event.data)
+            writer.join(30)
+    assert received == total
+    growth = rss.peak - rss.start
+    assert growth < 60 * MiB, f"the gateway + HTTP front grew by {growth / MiB:.0f} MiB"
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_status_mapping_table():
+    code = grpc.StatusCode
+    assert http_status(code.INVALID_ARGUMENT, "") == 400
+    assert http_status(code.UNAUTHENTICATED, "") == 401
+    assert http_status(code.PERMISSION_DENIED, "") == 403
+    assert http_status(code.NOT_FOUND, "") == 404
+    assert http_status(code.RESOURCE_EXHAUSTED, "ssd: input exceeds the limit of 5 bytes") == 413
+    assert http_status(code.RESOURCE_EXHAUSTED, "ssd: too many calls in flight (at most 8)") == 429
+    assert http_status(code.UNAVAILABLE, "") == 503
+    assert http_status(code.DEADLINE_EXCEEDED, "") == 504
+    for other in (code.INTERNAL, code.UNKNOWN, code.CANCELLED, code.DATA_LOSS, code.UNIMPLEMENTED):
+        assert http_status(other, "") == 500
+
+
+def test_unknown_function_is_404(api):
+    assert_error(api.post("/v1/functions/no-such", content=b"x"), 404, "NOT_FOUND", "no-such")
+    assert_error(api.get("/v2/nothing"), 404, "NOT_FOUND")
+
+
+def test_bad_param_is_400_naming_it(api):
+    assert_error(api.post("/v1/functions/ssd?threshold=lots", content=GRACE_HOPPER.read_bytes()),
+                 400, "INVALID_ARGUMENT", "threshold", "lots")
+    assert_error(api.post("/v1/functions/hello-dcf?colour=red", content=b"x"),
+                 400, "INVALID_ARGUMENT", "colour")
+    assert_error(api.post("/v1/functions/ssd?threshold=0.1&threshold=0.2", content=b"x"),
+                 400, "INVALID_ARGUMENT", "threshold")
+    soon = {"x-dcf-timeout": "soon"}
+    assert_error(api.post("/v1/functions/hello-dcf", content=b"x", headers=soon),
+                 400, "INVALID_ARGUMENT", "X-Dcf-Timeout")
+
+
+def test_bad_input_is_400(api):
+    assert_error(api.post("/v1/functions/ssd", content=b"not an image at all"),
+                 400, "INVALID_ARGUMENT")
+    assert_error(api.post("/v1/functions/send-wav", content=b"RIFF....WAVE"),
+                 400, "INVALID_ARGUMENT")
+    if "ssd-video" in functions(api):  # refused before its first line: a real status
+        assert_error(api.post("/v1/functions/ssd-video", content=b"not a video"),
+                     400, "INVALID_ARGUMENT")
+
+
+def test_other_methods_are_405(api):
+    for method in ("GET", "PUT", "DELETE"):
+        reply = api.request(method, "/v1/functions/hello-dcf")
+        assert_error(reply, 405, "METHOD_NOT_ALLOWED")
+        assert reply.headers["allow"] == "POST"
+    assert_error(api.post("/v1/functions", content=b"x"), 405, "METHOD_NOT_ALLOWED")
+
+
+def test_a_function_bug_is_500_without_its_traceback(api, dcf):
+    body = assert_error(api.post("/v1/functions/faulty", content=b"x"), 500, "INTERNAL")
+    assert "must stay in the server log" not in body["message"]
+    assert "must stay in the server log" in dcf.log.read_text()
+
+
+def test_body_over_the_limit_is_413_before_the_rest_is_sent(dcf):
+    """ssd takes at most 64 MiB. Declare 1 GiB, send 64 MiB + 1 and stop: the 413
+    comes without the rest of the body (a front that read it all first would hang)."""
+    limit = 64 * MiB
+    with Duplex(dcf.http_port, "/v1/functions/ssd", 1 << 30, timeout=20) as call:
+        block = b"\0" * MiB
+        for _ in range(limit // MiB):
+            call.send(block)
+        call.send(b"\0")
+        head = call.response()
+        body = json.loads(call.body())
+    assert head.status_code == 413
+    assert body["code"] == "RESOURCE_EXHAUSTED" and "exceeds the limit" in body["message"]
+
+
+def test_too_many_calls_is_429_and_leaving_frees_the_slots(api, dcf):
+    """send-wav takes 8 calls at once. Hold 8 uploads open: the 9th is 429. Walk away
+    from the 8 (their calls are cancelled), and send-wav answers again."""
+    limit = 8
+    wav = wav_bytes(0.2)
+    held = [Duplex(dcf.http_port, "/v1/functions/send-wav", len(wav)) for _ in range(limit)]
+    try:
+        for call in held:
+            call.send(wav[:100])
+        deadline = time.monotonic() + 10
+        while metric(dcf.document["server"]["metrics_port"], "dcf_calls_in_flight",
+                     function="send-wav") < limit:
+            assert time.monotonic() < deadline, "the held calls never reached the gateway"
+            time.sleep(0.05)
+        assert_error(api.post("/v1/functions/send-wav", content=wav), 429, "RESOURCE_EXHAUSTED",
+                     "too many calls in flight")
+    finally:
+        for call in held:
+            call.close()
+    deadline = time.monotonic() + 10
+    while (reply := api.post("/v1/functions/send-wav", content=wav)).status_code == 429:
+        assert time.monotonic() < deadline, "slots still taken after the callers left"
+        time.sleep(0.1)
+    assert reply.status_code == 200, reply.text
+
+
+def test_deadline_is_504(dcf):
+    """X-Dcf-Timeout sets the call's deadline; a body that never comes runs past it."""
+    with Duplex(dcf.http_port, "/v1/functions/hello-dcf", 10, {"x-dcf-timeout": "0.5"}) as call:
+        started = time.monotonic()
+        head = call.response()
+        body = json.loads(call.body())
+    assert head.status_code == 504 and body["code"] == "DEADLINE_EXCEEDED"
+    assert time.monotonic() - started < 5
+
+
+def test_disconnect_cancels_the_call(dcf, api):
+    """A client that goes away mid-upload: the gateway's call ends CANCELLED (its own
+    counters say so), the worker's too (its log says so), and nothing stays in flight."""
+    port = dcf.document["server"]["metrics_port"]
+    cancelled = metric(port, "dcf_requests_total", function="hello-dcf", code="CANCELLED")
+    request_id = f"leaver-{uuid.uuid4().hex[:8]}"
+    call = Duplex(dcf.http_port, "/v1/functions/hello-dcf", 100 * MiB, {"x-request-id": request_id})
+    try:
+        call.send(b"a" * 1000)
+        assert call.response().status_code == 200
+        assert bytes(call.event().data) == b"a" * 1000
+        assert metric(port, "dcf_calls_in_flight", function="hello-dcf") == 1
+    finally:
+        call.close()
+    deadline = time.monotonic() + 10
+    while metric(port, "dcf_calls_in_flight", function="hello-dcf") != 0:
+        assert time.monotonic() < deadline, "the call is still in flight after its client left"
+        time.sleep(0.05)
+    now = metric(port, "dcf_requests_total", function="hello-dcf", code="CANCELLED")
+    assert now == cancelled + 1
+    while f"call {request_id} hello-dcf CANCELLED" not in worker_lines(dcf):
+        assert time.monotonic() < deadline, "the worker's call was not cancelled"
+        time.sleep(0.05)
+    assert api.post("/v1/functions/hello-dcf", content="still here").text == "still here"
+
+
+def worker_lines(dcf: Service) -> str:
+    return "\n".join(line for line in dcf.log.read_text().splitlines() if "server.worker[" in line)
+
+
+# ---------------------------------------------------------------- the http role
+
+
+def spawn(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "server", *args], cwd=ROOT, stdout=log.open("wb"),
+        stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+    )
+
+
+def stop(process: subprocess.Popen) -> int:
+    process.terminate()
+    try:
+        return process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+def test_http_role_without_its_gateway_is_503(tmp_path):
+    port = free_port()
+    front = spawn(["http", "--port", str(port), "--gateway", f"127.0.0.1:{free_port()}"],
+                  tmp_path / "http.log")
+    try:
+        wait_listening(port)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            assert_error(client.get("/v1/functions"), 503, "UNAVAILABLE")
+            assert_error(client.post("/v1/functions/hello-dcf", content=b"x"), 503, "UNAVAILABLE")
+            assert client.get("/").status_code == 200
+    finally:
+        assert stop(front) == 0, (tmp_path / "http.log").read_text()
+
+
+def test_http_role_passes_the_bearer_token(dcf, tmp_path):
+    """A gateway with tokens (serving the session's workers) behind the ``http`` role:
+    the Authorization header reaches it as the call's token."""
+    gateway_port, http_port = free_port(), free_port()
+    gateway = spawn(["gateway", "--config", str(dcf.config), "--port", str(gateway_port),
+                     "--metrics-port", str(free_port())], tmp_path / "gateway.log",
+                    {"DCF_TOKENS": "open-sesame"})
+    front = spawn(["http", "--port", str(http_port), "--gateway", f"127.0.0.1:{gateway_port}"],
+                  tmp_path / "http.log")
+    try:
+        wait_listening(gateway_port)
+        wait_listening(http_port)
+        with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=30) as client:
+            assert_error(client.get("/v1/functions"), 401, "UNAUTHENTICATED")
+            assert_error(client.post("/v1/functions/hello-dcf", content=b"x"),
+                         401, "UNAUTHENTICATED")
+            wrong = {"authorization": "Bearer guess"}
+            assert_error(client.post("/v1/functions/hello-dcf", content=b"x", headers=wrong),
+                         403, "PERMISSION_DENIED")
+            right = {"authorization": "Bearer open-sesame"}
+            assert client.get("/v1/functions", headers=right).status_code == 200
+            deadline = time.monotonic() + 20
+            while (reply := client.post("/v1/functions/hello-dcf", content=b"hi", headers=right)
+                   ).status_code == 503 and time.monotonic() < deadline:
+                time.sleep(0.1)  # the new gateway is still connecting to the worker
+            assert reply.status_code == 200 and reply.content == b"hi", reply.text
+    finally:
+        assert stop(front) == 0, (tmp_path / "http.log").read_text()
+        stop(gateway)
+
+
+def hello_only(tmp: Path) -> tuple[Path, dict]:
+    """A registry with hello-dcf alone (quick to start), on free ports."""
+    server = {"port": free_port(), "metrics_port": free_port(), "http_port": free_port()}
+    config = tmp / "hello.yaml"
+    config.write_text(json.dumps({
+        "server": server,
+        "functions": {"hello-dcf": {"handler": "handlers.hello",
+                                    "workers": [f"127.0.0.1:{free_port()}"]}},
+    }))
+    return config, server
+
+
+def test_no_http_serves_no_http(tmp_path):
+    config, ports = hello_only(tmp_path)
+    server = spawn(["--config", str(config), "--no-http"], tmp_path / "server.log")
+    try:
+        wait_serving(f"127.0.0.1:{ports['port']}", "hello-dcf")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", ports["http_port"]), timeout=2).close()
+    finally:
+        assert stop(server) == 0
+
+
+# ---------------------------------------------------------------- TLS
+
+
+def self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A certificate for localhost and 127.0.0.1, and its key."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_on_the_http_port(tmp_path):
+    """DCF_TLS_CERT/KEY: the embedded default speaks HTTPS on its HTTP port (and its
+    front reaches the TLS gateway over TLS too)."""
+    pytest.importorskip("cryptography", reason="the TLS test makes its certificate with "
+                        "the cryptography package, which is not installed")
+    cert, key = self_signed(tmp_path)
+    config, ports = hello_only(tmp_path)
+    http_port = ports["http_port"]
+    server = spawn(["--config", str(config)], tmp_path / "server.log",
+                   {"DCF_TLS_CERT": str(cert), "DCF_TLS_KEY": str(key)})
+    try:
+        wait_listening(http_port)
+        trust = ssl.create_default_context(cafile=str(cert))
+        with httpx.Client(base_url=f"https://127.0.0.1:{http_port}", verify=trust,
+                          timeout=30) as client:
+            assert client.get("/v1/functions").json()[0]["name"] == "hello-dcf"
+            deadline = time.monotonic() + 30
+            while (reply := client.post("/v1/functions/hello-dcf", content=b"secret")
+                   ).status_code == 503 and time.monotonic() < deadline:
+                time.sleep(0.1)  # the worker is still starting
+            assert reply.status_code == 200 and reply.content == b"secret", reply.text
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{http_port}/v1/functions", timeout=5)
+    finally:
+        assert stop(server) == 0, (tmp_path / "server.log").read_text()[-3000:]
