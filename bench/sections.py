@@ -210,6 +210,20 @@ def http_section(service: Service, quick: bool) -> str:
     return table.render()
 
 
+def ssd_video_section(service: Service, quick: bool) -> str:
+    """ssd-video end to end beside the bare decode + 10 invokes, 640x480 clip."""
+    from bench.bench_ssd_video import make_clip, run
+
+    f = run(service.address, make_clip(), repeats=5 if quick else 20)
+    table = Table("ssd-video: first 10 frames of a 640x480 clip", ["way", "ms", "vs bare"])
+    table.add("bare: cv2 decode + 10 invokes, one after another", f["bare_s"] * 1000, "1.00x")
+    table.add("handler in process (decode overlapped with 2 interpreters)", f["handler_s"] * 1000,
+              f"{f['handler_s'] / f['bare_s']:.2f}x")
+    table.add("end to end: dcf.v1 Call through the gateway", f["e2e_s"] * 1000, f"{f['e2e_over_bare']:.2f}x")
+    table.add("end to end: first frame's result", f["first_result_s"] * 1000, "")
+    return table.render()
+
+
 def gateway_overhead(service: Service, quick: bool) -> str:
     return asyncio.run(_gateway_overhead(service, quick)).render()
 
@@ -223,6 +237,7 @@ ALL: list[tuple[str, Callable[[Service, bool], str]]] = [
     ("streaming", streaming_section),
     ("ssd", ssd_section),
     ("send-wav", send_wav_section),
+    ("ssd-video", ssd_video_section),
     ("oip", oip_section),
     ("http", http_section),
 ]

@@ -159,7 +159,8 @@ class Reply:
 
     With ``partial_results`` false the parts are consecutive chunks of one body;
     with it true each part is one complete result (a JSON document), sent as one
-    message and printed as one line. ``parts`` may be a generator: the host pulls
+    message and printed as one line; the unary fronts gather them with
+    ``Function.collect`` into one application/json document. ``parts`` may be a generator: the host pulls
     from it lazily and closes it if the caller goes away, so handlers release
     resources in ``finally``.
     """

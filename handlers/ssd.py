@@ -12,12 +12,9 @@ imported and loaded by ``create``, once per worker.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Mapping
 
 from handlers.base import Function, Reply, Request
-from handlers.model_fetch import default_model_dir
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_MAX_DETECTIONS = 20
@@ -31,19 +28,6 @@ PARAMS: Mapping[str, str] = {
     ),
     "annotate": "true: reply with the image as PNG, boxes drawn (default false)",
 }
-
-
-def _positive_int(options: Mapping[str, Any], name: str, default: int | None) -> int | None:
-    value = options.get(name, default)
-    if value is None:
-        return None
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"ssd option {name}: expected a whole number, got {value!r}") from None
-    if number < 1:
-        raise ValueError(f"ssd option {name}: expected >= 1, got {number}")
-    return number
 
 
 def _bool(options: Mapping[str, Any], name: str, default: bool) -> bool:
@@ -66,31 +50,28 @@ def create(options: Mapping[str, Any]) -> Function:
     megapixels), ``jpeg_draft`` (decode big JPEGs at reduced scale, default true).
     Raises detector.ModelMissing, whose message says to run ``make model``.
     """
-    from handlers import detector  # heavy imports: load time only
+    from handlers import detector, images  # heavy imports: load time only
 
-    model_dir = Path(options.get("model_dir") or default_model_dir())
-    max_pixels = _positive_int(options, "max_pixels", detector.DEFAULT_MAX_PIXELS)
-    reduce_to = detector.INPUT_SIZE if _bool(options, "jpeg_draft", True) else None
-    model = detector.Detector.load(
-        model_dir,
-        interpreters=_positive_int(options, "interpreters", None),
-        threads=_positive_int(options, "threads", 1) or 1,
+    max_pixels = detector.positive_int_option(
+        options, "max_pixels", images.DEFAULT_MAX_PIXELS, "ssd"
     )
+    reduce_to = detector.INPUT_SIZE if _bool(options, "jpeg_draft", True) else None
+    model = detector.Detector.from_options(options, "ssd")
 
     def handle(request: Request) -> Reply:
         params = request.params
         threshold = params.get_float("threshold", DEFAULT_THRESHOLD, low=0.0, high=1.0)
         limit = params.get_int("max_detections", DEFAULT_MAX_DETECTIONS, low=1, high=MAX_DETECTIONS)
         draw = params.get_bool("annotate", False)
-        image = detector.decode_image(
+        image = images.decode_image(
             request.read(),
-            max_pixels=max_pixels or detector.DEFAULT_MAX_PIXELS,
+            max_pixels=max_pixels or images.DEFAULT_MAX_PIXELS,
             reduce_to=None if draw else reduce_to,
         )
         found = model.detect(image.rgb, threshold, limit, size=(image.width, image.height))
         if draw:
             return Reply("image/png", [detector.annotate(image.rgb, found)])
         body = {"width": image.width, "height": image.height, "detections": found}
-        return Reply("application/json", [json.dumps(body, separators=(",", ":")).encode()])
+        return Reply("application/json", [detector.compact_json(body)])
 
     return Function(handle=handle, params=PARAMS, close=model.close)

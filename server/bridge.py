@@ -89,10 +89,12 @@ class HandlerRun:
             reply = function.handle(Request(params=params, chunks=self._chunks()))
             parts = reply.parts
             partial = reply.partial_results and not collect
-            self._emit(Header(reply.content_type, partial))
             if reply.partial_results and collect:
+                # One document gathered from JSON results (see handlers.base.Reply).
+                self._emit(Header("application/json", partial_results=False))
                 self._emit(function.collect(parts))
             else:
+                self._emit(Header(reply.content_type, partial))
                 for part in parts:
                     if part:
                         self._emit(part)

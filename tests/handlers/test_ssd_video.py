@@ -1,0 +1,370 @@
+"""ssd-video at the handler level: real videos of a real photograph, the real model."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import cv2
+import matplotlib
+import numpy as np
+import pytest
+from PIL import Image
+
+from handlers import ssd, ssd_video
+from handlers.base import Cancelled, Function, InvalidInput, Params, Reply, Request
+from handlers.model_fetch import default_model_dir
+
+GRACE = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+# (container, fourcc) pairs this OpenCV build writes and reads back.
+FORMATS = [("mp4", "mp4v"), ("avi", "MJPG"), ("mkv", "XVID"), ("webm", "VP80")]
+CHUNK = 64 * 1024
+
+
+# --------------------------------------------------------------------------- videos
+
+
+def make_video(
+    path: Path, frames: int, size: tuple[int, int] = (320, 240), fourcc: str = "mp4v",
+    fps: float = 25.0,
+) -> bytes:
+    """grace_hopper.jpg panned and zoomed, ``frames`` frames of ``size``: a person in each."""
+    photo = cv2.imread(str(GRACE))
+    assert photo is not None, f"matplotlib sample photo missing: {GRACE}"
+    photo_h, photo_w = photo.shape[:2]
+    width, height = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+    assert writer.isOpened(), f"this OpenCV cannot write {fourcc} to {path.suffix}"
+    try:
+        for k in range(frames):
+            t = k / max(frames - 1, 1)
+            crop_w = photo_w * (1.0 - 0.25 * t)  # zoom in to three quarters
+            crop_h = min(crop_w * height / width, photo_h)
+            crop_w = crop_h * width / height
+            x0 = (photo_w - crop_w) * (0.5 + 0.5 * np.sin(2 * np.pi * t))  # pan sideways
+            y0 = (photo_h - crop_h) * 0.3 * t  # and down
+            scale_x, scale_y = width / crop_w, height / crop_h
+            matrix = np.array([[scale_x, 0, -x0 * scale_x], [0, scale_y, -y0 * scale_y]])
+            writer.write(cv2.warpAffine(photo, matrix, size, borderMode=cv2.BORDER_REFLECT))
+    finally:
+        writer.release()
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """12-frame clips in each container, plus a short and a larger mp4."""
+    folder = tmp_path_factory.mktemp("videos")
+    made = {
+        container: make_video(folder / f"clip.{container}", 12, fourcc=fourcc)
+        for container, fourcc in FORMATS
+    }
+    made["short"] = make_video(folder / "short.mp4", 4)
+    made["vga"] = make_video(folder / "vga.mp4", 6, size=(640, 480))
+    return made
+
+
+def decoded_frames(data: bytes, folder: Path) -> list[np.ndarray]:
+    """Every frame of a video, BGR, as OpenCV decodes it."""
+    path = folder / "decode-me"
+    path.write_bytes(data)
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    path.unlink()
+    return frames
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def spool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("spool")
+
+
+@pytest.fixture(scope="session")
+def fn(spool: Path) -> Iterator[Function]:
+    function = ssd_video.create({"interpreters": 2, "threads": 1, "spool_dir": str(spool)})
+    yield function
+    function.close()
+
+
+@pytest.fixture(autouse=True)
+def spool_left_empty(spool: Path) -> Iterator[None]:
+    """Whatever a test does, no call leaves a file behind in the spool dir."""
+    assert list(spool.iterdir()) == []
+    yield
+    assert list(spool.iterdir()) == [], "a call left its spool file behind"
+
+
+def chunked(data: bytes, size: int = CHUNK) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def call(function: Function, data: bytes, **params: Any) -> Reply:
+    values = {name: str(value) for name, value in params.items()}
+    return function.handle(Request(Params(values), chunked(data)))
+
+
+def results(function: Function, data: bytes, **params: Any) -> list[dict[str, Any]]:
+    reply = call(function, data, **params)
+    assert reply.content_type == "application/x-ndjson" and reply.partial_results
+    documents = []
+    for part in reply.parts:
+        document = json.loads(part)
+        assert part == json.dumps(document, separators=(",", ":")).encode(), "compact JSON"
+        documents.append(document)
+    return documents
+
+
+# --------------------------------------------------------------------------- results
+
+
+@pytest.mark.parametrize("container", [c for c, _ in FORMATS])
+def test_each_frame_gets_its_detections_then_a_summary(fn, videos, container):
+    documents = results(fn, videos[container])
+    *frames, summary = documents
+    assert [f["frame"] for f in frames] == list(range(1, 11)), "the first 10 frames, in order"
+    for frame in frames:
+        assert set(frame) == {"frame", "detections"}
+        person = next(d for d in frame["detections"] if d["label"] == "person")
+        assert person["class"] == 0 and 0.5 <= person["confidence"] <= 1
+        assert 0 <= person["xmin"] < person["xmax"] <= 320
+        assert 0 <= person["ymin"] < person["ymax"] <= 240
+        assert person["xmax"] - person["xmin"] > 160, "she fills most of every frame"
+    assert summary == {"width": 320, "height": 240, "fps": 25.0, "frames_read": 10}
+
+
+def test_detections_are_exactly_what_ssd_gives_for_the_frame(fn, videos, tmp_path):
+    # The same frames as PNG through the ssd function: the same JSON, box for box.
+    image_fn = ssd.create({"interpreters": 1})
+    try:
+        frames = decoded_frames(videos["vga"], tmp_path)
+        documents = results(fn, videos["vga"], threshold=0.3, max_detections=5)
+        assert len(documents) == len(frames) + 1
+        for index, frame in enumerate(frames):
+            png = io.BytesIO()
+            Image.fromarray(frame[:, :, ::-1]).save(png, "PNG")
+            reply = image_fn.handle(
+                Request(Params({"threshold": "0.3", "max_detections": "5"}), iter([png.getvalue()]))
+            )
+            expected = json.loads(b"".join(reply.parts))
+            assert (expected["width"], expected["height"]) == (640, 480)
+            assert documents[index] == {"frame": index + 1, "detections": expected["detections"]}
+            assert expected["detections"], "a person in every frame"
+    finally:
+        image_fn.close()
+
+
+def test_stride_reports_the_index_of_each_frame_read(fn, videos):
+    every = results(fn, videos["mp4"], max_frames=12)
+    *frames, summary = results(fn, videos["mp4"], stride=3, max_frames=4)
+    assert [f["frame"] for f in frames] == [1, 4, 7, 10]
+    assert summary["frames_read"] == 10
+    for frame in frames:
+        assert frame == every[frame["frame"] - 1], "the same frame analysed the same way"
+
+
+def test_max_frames_limits_the_frames_analysed(fn, videos):
+    *frames, summary = results(fn, videos["avi"], max_frames=3)
+    assert [f["frame"] for f in frames] == [1, 2, 3]
+    assert summary["frames_read"] == 3
+
+
+def test_a_video_shorter_than_asked_gives_the_frames_it_has(fn, videos):
+    *frames, summary = results(fn, videos["short"], max_frames=10)
+    assert [f["frame"] for f in frames] == [1, 2, 3, 4]
+    assert summary["frames_read"] == 4
+    *frames, summary = results(fn, videos["short"], max_frames=10, stride=3)
+    assert [f["frame"] for f in frames] == [1, 4]
+    assert summary["frames_read"] == 4
+
+
+def test_a_video_cut_short_gives_the_frames_before_the_cut(fn, videos):
+    # AVI keeps its index at the end, but the frames before a cut still decode.
+    *frames, summary = results(fn, videos["avi"][: len(videos["avi"]) // 3])
+    assert 1 <= len(frames) < 10
+    assert [f["frame"] for f in frames] == list(range(1, len(frames) + 1))
+    assert summary["frames_read"] == len(frames)
+
+
+def test_threshold_and_max_detections_apply_to_every_frame(fn, videos):
+    *frames, _ = results(fn, videos["mp4"], threshold=0.2, max_detections=1, max_frames=4)
+    assert all(len(f["detections"]) == 1 for f in frames)
+    *frames, _ = results(fn, videos["mp4"], threshold=0.99, max_frames=4)
+    assert all(f["detections"] == [] for f in frames)
+
+
+def test_collect_gives_one_document(fn, videos):
+    parts = list(call(fn, videos["mkv"], max_frames=3).parts)
+    document = json.loads(fn.collect(parts))
+    assert document == {
+        "width": 320,
+        "height": 240,
+        "fps": 25.0,
+        "frames_read": 3,
+        "frames": [json.loads(part) for part in parts[:3]],
+    }
+    assert [f["frame"] for f in document["frames"]] == [1, 2, 3]
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def truncated_mp4(data: bytes) -> bytes:
+    """An mp4 cut after its header, before its first frame is complete."""
+    return data[:1000]
+
+
+def truncated_avi(data: bytes) -> bytes:
+    return data[:4000]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda v: b"",
+        lambda v: b"this is plain text, not a video\n" * 10,
+        lambda v: bytes(np.random.default_rng(1).integers(0, 256, 50_000, dtype=np.uint8)),
+        lambda v: GRACE.read_bytes(),
+        lambda v: truncated_mp4(v["mp4"]),
+        lambda v: truncated_avi(v["avi"]),
+        lambda v: v["mkv"][:3000],
+    ],
+    ids=["empty", "text", "noise", "jpeg", "mp4-cut-early", "avi-cut-early", "mkv-cut-early"],
+)
+def test_not_a_video_is_invalid_input(fn, videos, make):
+    with pytest.raises(InvalidInput) as err:
+        results(fn, make(videos))
+    assert "\n" not in err.value.message and err.value.message
+
+
+def test_text_formats_that_open_other_files_are_refused(fn, videos, spool):
+    # FFmpeg's concat demuxer and HLS playlists would read other files; a real
+    # video sits in the spool dir beside the upload that names it.
+    other = spool / "someone-elses.mp4"
+    other.write_bytes(videos["mp4"])
+    try:
+        concat = f"ffconcat version 1.0\nfile {other.name}\n".encode()
+        playlist = (
+            f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\n{other}\n#EXT-X-ENDLIST\n".encode()
+        )
+        for script in (concat, playlist):
+            with pytest.raises(InvalidInput, match="not a video"):
+                results(fn, script)
+    finally:
+        other.unlink()
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"max_frames": "0"}, {"max_frames": "1001"}, {"stride": "0"}, {"stride": "x"},
+     {"threshold": "1.5"}, {"max_detections": "0"}],
+)
+def test_bad_params_fail_before_reading_the_input(fn, params):
+    def untouched() -> Iterator[bytes]:
+        raise AssertionError("the input must not be read")
+        yield b""
+
+    with pytest.raises(InvalidInput, match=next(iter(params))):
+        fn.handle(Request(Params(params), untouched()))
+
+
+# --------------------------------------------------------------------------- spooling
+
+
+def test_the_upload_is_spooled_chunk_by_chunk_to_a_private_file(fn, videos, spool):
+    data = videos["vga"]
+    seen: list[tuple[int, int]] = []
+
+    def watched() -> Iterator[bytes]:
+        given = 0
+        for chunk in chunked(data, 10_007):
+            yield chunk
+            given += len(chunk)
+            # The handler asks for the next chunk: the last one is on disk already.
+            (spooled,) = spool.iterdir()
+            seen.append((given, spooled.stat().st_size))
+            assert oct(spooled.stat().st_mode & 0o777) == oct(0o600)
+
+    reply = fn.handle(Request(Params({}), watched()))
+    assert not seen, "nothing is read before the parts are asked for"
+    parts = list(reply.parts)
+    assert len(parts) == 7
+    assert len(seen) == -(-len(data) // 10_007)
+    assert all(given == size for given, size in seen), seen
+
+
+def test_the_spool_file_is_removed_when_the_caller_goes_away(fn, videos, spool):
+    # Mid-upload: the host's next chunk raises Cancelled.
+    def cut_off() -> Iterator[bytes]:
+        yield videos["mp4"][:CHUNK]
+        assert len(list(spool.iterdir())) == 1
+        raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        list(fn.handle(Request(Params({}), cut_off())).parts)
+    assert list(spool.iterdir()) == []
+
+    # Mid-results: the host closes the parts generator after the first frame.
+    parts = call(fn, videos["mp4"]).parts
+    try:
+        assert json.loads(next(parts))["frame"] == 1
+        assert len(list(spool.iterdir())) == 1
+    finally:
+        parts.close()
+    assert list(spool.iterdir()) == []
+
+
+def test_the_spool_file_is_removed_after_an_error(fn, spool):
+    with pytest.raises(InvalidInput):
+        results(fn, b"not a video" * 1000)
+    assert list(spool.iterdir()) == []
+
+
+def test_spool_dir_defaults_to_dcf_spool_dir(tmp_path, monkeypatch, videos):
+    target = tmp_path / "from-env" / "nested"
+    monkeypatch.setenv("DCF_SPOOL_DIR", str(target))
+    function = ssd_video.create({"interpreters": 1})
+    try:
+        reply = call(function, videos["short"], max_frames=1)
+        parts = iter(reply.parts)
+        next(parts)
+        assert [p.name.startswith("ssd-video-") for p in target.iterdir()] == [True]
+        assert len(list(parts)) == 1
+        assert list(target.iterdir()) == []
+    finally:
+        function.close()
+
+
+def test_module_import_is_light():
+    # The gateway imports handler modules for their params; keep TensorFlow out.
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, handlers.ssd_video; assert 'tensorflow' not in sys.modules "
+         "and 'cv2' not in sys.modules"],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_model_dir_must_hold_the_model(tmp_path):
+    from handlers.detector import ModelMissing
+
+    assert default_model_dir().is_dir()
+    with pytest.raises(ModelMissing, match="make model"):
+        ssd_video.create({"model_dir": str(tmp_path), "spool_dir": str(tmp_path)})
+    assert os.listdir(tmp_path) == []
