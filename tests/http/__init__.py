@@ -12,11 +12,12 @@ from __future__ import annotations
 import io
 import re
 import socket
-import threading
 import time
 import urllib.request
 import wave
 from pathlib import Path
+
+from bench.stream import PeakRss, rss_bytes  # noqa: F401 - shared with the benchmark
 
 import h11
 import matplotlib
@@ -111,35 +112,6 @@ class Duplex:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
-
-
-class PeakRss:
-    """The largest resident size of a process while the block runs, sampled every 10 ms."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.start = self.peak = rss_bytes(pid)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, rss_bytes(self.pid))
-
-    def __enter__(self) -> "PeakRss":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def metric(metrics_port: int, name: str, **labels: str) -> float:

@@ -14,11 +14,13 @@ import json
 import cv2
 import grpc
 import pytest
+
 from PIL import Image
 
 from protos.dcf.v1 import dcf_pb2
 from protos.inference import grpc_predict_v2_pb2 as pb
 from tests.oip.conftest import PHOTO, b64, make_wav, triton, value
+from tests.oip.wire import field_shapes
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -174,16 +176,7 @@ def test_our_proto_matches_tritonclients_on_the_wire(dcf):
     ours = {}
 
     def walk(message):
-        ours[message.full_name] = {
-            f.name: [
-                f.number,
-                f.type,
-                f.is_repeated,
-                f.message_type.full_name if f.message_type else "",
-                f.containing_oneof.name if f.containing_oneof else "",
-            ]
-            for f in message.fields
-        }
+        ours[message.full_name] = field_shapes(message)
         for nested in message.nested_types:
             walk(nested)
 

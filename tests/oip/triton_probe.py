@@ -33,6 +33,7 @@ import numpy as np
 import tritonclient.grpc as triton
 from google.protobuf import json_format
 from tritonclient.utils import InferenceServerException
+from wire import field_shapes  # beside this script; imports no generated code
 
 
 def infer(client: triton.InferenceServerClient, step: dict) -> dict:
@@ -78,16 +79,7 @@ def descriptor(step: dict) -> dict:
     out = {}
     for name in step["messages"]:
         message = pool.FindMessageTypeByName(name)
-        out[name] = {
-            f.name: [
-                f.number,
-                f.type,
-                f.is_repeated,
-                f.message_type.full_name if f.message_type else "",
-                f.containing_oneof.name if f.containing_oneof else "",
-            ]
-            for f in message.fields
-        }
+        out[name] = field_shapes(message)
     return out
 
 
