@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     roles.add_parser("gateway", parents=[options(True, True)], help="run the gateway only")
     worker = roles.add_parser("worker", parents=[options(True, False)], help="run one function's worker")
     worker.add_argument("function", help="the function this worker serves")
+    worker.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--http-port", type=int,
                         help="port of the HTTP API and web page (default 8080; $DCF_HTTP_PORT)")
     parser.add_argument("--no-http", action="store_true", help="serve no HTTP API and web page")
@@ -112,7 +113,20 @@ def _stop_event() -> asyncio.Event:
     return stop
 
 
-async def run_worker(settings: Settings, name: str, port: int | None) -> int:
+async def _watch_parent(stop: asyncio.Event) -> None:
+    """Stop when the process that started us is gone (the supervisor was killed)."""
+    parent = os.getppid()
+    while not stop.is_set():
+        if os.getppid() != parent:
+            log.warning("parent process %d is gone; stopping", parent)
+            stop.set()
+            return
+        await asyncio.sleep(1)
+
+
+async def run_worker(
+    settings: Settings, name: str, port: int | None, exit_with_parent: bool = False
+) -> int:
     try:
         servicer, config = worker_servicer(settings, name)
     except (FunctionError, LookupError) as exc:
@@ -124,6 +138,7 @@ async def run_worker(settings: Settings, name: str, port: int | None) -> int:
         log.error("worker %s: give --port (the registry has no local address for it)", name)
         return 2
     stop = _stop_event()
+    watchdog = asyncio.create_task(_watch_parent(stop)) if exit_with_parent else None
     try:
         async with serve(
             [lambda server: dcf_pb2_grpc.add_WorkerServicer_to_server(servicer, server)],
@@ -139,6 +154,8 @@ async def run_worker(settings: Settings, name: str, port: int | None) -> int:
             await stop.wait()
             log.info("worker %s stopping", name)
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         servicer.close()
     return 0
 
@@ -253,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
     )
     if args.role == "worker":
-        return asyncio.run(run_worker(settings, args.function, args.port))
+        return asyncio.run(run_worker(settings, args.function, args.port, args.exit_with_parent))
     if args.role == "gateway":
         return asyncio.run(run_gateway(settings))
     if args.role == "http":

@@ -54,7 +54,10 @@ class Supervisor:
 
     @staticmethod
     def command(name: str, port: int, config_args: list[str]) -> list[str]:
-        return [sys.executable, "-m", "server", "worker", name, "--port", str(port), *config_args]
+        return [
+            sys.executable, "-m", "server", "worker", name, "--port", str(port),
+            "--exit-with-parent", *config_args,
+        ]
 
     async def start(self) -> None:
         for worker in self._workers:

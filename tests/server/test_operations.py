@@ -290,3 +290,21 @@ def test_sigterm_lets_a_streaming_call_finish(tmp_path):
         assert "finishing calls in flight" in service.log.read_text()
     finally:
         service.stop()
+
+
+def test_workers_exit_when_the_supervisor_is_killed(tmp_path):
+    service = start_service(tmp_path)
+    children = [
+        int(pid) for pid in Path(f"/proc/{service.process.pid}/task/{service.process.pid}/children")
+        .read_text().split()
+    ]
+    assert len(children) == len(service.document["functions"])
+    service.process.kill()
+    service.process.wait()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+              for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in children if Path(f"/proc/{pid}").exists()
+            and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
+    assert not left, "orphaned workers kept running"
