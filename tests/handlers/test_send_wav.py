@@ -26,6 +26,7 @@ from scipy.signal.windows import hann
 from handlers import send_wav
 from handlers.base import InvalidInput, Params, Request
 from handlers.wav import read_wav
+from tests.media import tone, wav  # shared with the other tests
 
 RATE = 44100
 BINS = 513  # binsize 1024
@@ -50,24 +51,6 @@ def picture(png: bytes) -> Image.Image:
 
 def grey(png: bytes) -> np.ndarray:
     return np.asarray(picture(png).convert("L"), dtype=np.float64)
-
-
-def tone(hz: float, seconds: float = 1.0, rate: int = RATE, amplitude: float = 0.5) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    return amplitude * np.sin(2 * np.pi * hz * t)
-
-
-def wav(samples: np.ndarray, rate: int = RATE, dtype=np.int16) -> bytes:
-    """scipy-written WAV; floats in [-1, 1] are scaled to the integer type's range."""
-    if np.issubdtype(dtype, np.floating):
-        data = samples.astype(dtype)
-    elif dtype == np.uint8:
-        data = np.round(samples * 127 + 128).astype(np.uint8)
-    else:
-        data = np.round(samples * (np.iinfo(dtype).max - 1)).astype(dtype)
-    out = io.BytesIO()
-    wavfile.write(out, rate, data)
-    return out.getvalue()
 
 
 def wav24(samples: np.ndarray, rate: int = RATE) -> bytes:
