@@ -23,12 +23,16 @@ Afterwards: (a) the spool directory is empty; (b) the gateway's
 its line ``call <id> <function> CANCELLED`` from the gateway, and its own line
 from the worker: CANCELLED, or (see CUT_INPUT_OUTCOMES) the answer to the input
 cut where the caller left; (d) no process's RSS grew by more than RSS_LIMIT from
-the end of the first ten cycles to the end of the thirtieth; (e) no process has
-more threads at the end than then (the first burst filled the handler thread pools, which never shrink, so a
-thread started per call and never ended would show); the last burst gets every
-handler thread at once (a thread stuck on a dead call would be missing); and
-every function still answers a good input correctly, ssd-video four times at
-once (an interpreter lost to a cancelled call would stall it).
+the cycles just after the first ten to the last ones; (e) no process has more
+threads at the end than after the first ten cycles (the first burst filled the
+handler thread pools, which never shrink, so a thread started per call and never
+ended would show); the last burst gets every handler thread at once (a thread
+stuck on a dead call would be missing); and every function still answers a good
+input correctly, ssd-video four times at once (an interpreter lost to a
+cancelled call would stall it).
+
+A last test abandons hundreds of calls while their answers stream and bounds
+the gateway's memory per call: it fails today (strict xfail) on a grpcio bug.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -58,7 +63,8 @@ CYCLES = 30
 WARM_CYCLES = 10
 TIMEOUT = 60.0
 SETTLE = 15.0  # how long cleanup may take after the last cancellation
-RSS_LIMIT = 24 * MB
+RSS_LIMIT = 32 * MB
+RSS_WINDOW = 5  # cycles whose median RSS is compared: the first after warm-up, the last
 FUNCTIONS = ("hello-dcf", "ssd", "send-wav", "ssd-video")
 
 
@@ -67,7 +73,11 @@ def spooled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service,
     folder = tmp_path_factory.mktemp("disconnect")
     spool = folder / "spool"
     spool.mkdir()
-    service = start_service(folder, args=["--no-http"], env={"DCF_SPOOL_DIR": str(spool)})
+    # Two malloc arenas per process: with one per thread (glibc's default, up to 8 per
+    # core) each of a worker's dozens of handler threads keeps its own high-water mark,
+    # and RSS wanders by tens of MB with which threads happened to take the calls.
+    env = {"DCF_SPOOL_DIR": str(spool), "MALLOC_ARENA_MAX": "2"}
+    service = start_service(folder, args=["--no-http"], env=env)
     yield service, spool
     service.stop()
 
@@ -341,6 +351,7 @@ def test_abandoned_calls_leave_nothing_behind(spooled, tmp_path):
         return ends()
 
     warm: dict[str, tuple[int, int]] = {}
+    memory: list[dict[str, int]] = []  # RSS after each cycle from the end of the warm-up
     started = time.monotonic()
     with service.channel() as channel:
         stub = service.gateway(channel)
@@ -363,6 +374,8 @@ def test_abandoned_calls_leave_nothing_behind(spooled, tmp_path):
                 quiet(service, spool)
                 ended()
                 warm = snapshot(pids)
+            if cycle + 1 >= WARM_CYCLES:
+                memory.append({name: rss(pid) for name, pid in pids.items()})
         cycles_seconds = time.monotonic() - started
 
         # A client process killed in the middle of two uploads.
@@ -390,9 +403,14 @@ def test_abandoned_calls_leave_nothing_behind(spooled, tmp_path):
         wrong = {rid: worker[rid] for rid in rids if not worker_outcome_ok(rid, worker[rid])}
         assert not wrong, f"abandoned calls that ended otherwise in their worker: {wrong}"
         raced = sorted(rid for rid in rids if worker[rid] != "CANCELLED")
-        # (d) memory, against the end of the warm-up.
-        after = snapshot(pids)
-        grown = {n: (after[n][0] - warm[n][0]) / MB for n in pids}
+        # (d) memory: the median RSS of the last cycles against that of the first after
+        # the warm-up (a median, because a worker's RSS swings with its big transient
+        # arrays, send-wav's by up to ~20 MB, whichever cycle it is read after).
+        def median(samples: list[dict[str, int]], name: str) -> float:
+            return statistics.median(sample[name] for sample in samples)
+
+        grown = {n: (median(memory[-RSS_WINDOW:], n) - median(memory[:RSS_WINDOW], n)) / MB
+                 for n in pids}
         assert all(g * MB < RSS_LIMIT for g in grown.values()), grown
 
         # Every handler thread can still be had, all at once.
@@ -438,3 +456,45 @@ def test_abandoned_calls_leave_nothing_behind(spooled, tmp_path):
         assert [v.code for v in videos] == ["OK"] * 4, [str(v) for v in videos]
         assert all(len(json.loads(v.body)["frames"]) == 6 for v in videos)
         assert not list(spool.iterdir())
+
+
+STREAMING_CANCELS = 400
+LEAK_PER_CALL = 6 << 10  # gateway RSS per cancelled call: the bug below keeps 20-50 KiB, noise < 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="grpcio's aio stack never frees a read that is cancelled while in flight "
+    "(grpc/grpc#43360, open): Gateway._attempt awaits the worker's answer in the caller's "
+    "own task, which grpcio cancels when the caller goes away, so the gateway keeps the "
+    "message being read (~50 KiB per call with 64 KiB chunks). Reading the worker call in a "
+    "task of its own that is never cancelled (cancel the call; the read then ends) avoids it.",
+)
+def test_calls_cancelled_while_the_answer_streams_leave_no_gateway_memory(spooled):
+    """Hundreds of hello-dcf calls, each abandoned while its echo is coming back: the
+    gateway's RSS grows by less than LEAK_PER_CALL per call (allocator noise is far less)."""
+    service, spool = spooled
+    with service.channel() as channel:
+        stub = service.gateway(channel)
+
+        def abandon(index: int) -> None:
+            upload = Upload("hello-dcf", [b"m" * 65536] * 4)
+            responses = stub.Call(iter(upload), timeout=TIMEOUT,
+                                  metadata=(("x-request-id", f"streaming-{index}"),))
+            next(responses), next(responses)  # the header, then the first echoed chunk
+            responses.cancel()
+            upload.release.set()
+
+        for index in range(50):  # warm-up
+            abandon(index)
+        quiet(service, spool)
+        before = rss(service.process.pid)
+        for index in range(STREAMING_CANCELS):
+            abandon(index)
+        quiet(service, spool)
+        time.sleep(0.5)
+        grown = rss(service.process.pid) - before
+    per_call = grown / STREAMING_CANCELS
+    print(f"\nstreaming cancels: gateway RSS {grown / MB:+.1f} MB over {STREAMING_CANCELS} calls "
+          f"({per_call / 1024:.1f} KiB per call)")
+    assert per_call < LEAK_PER_CALL, f"the gateway keeps {per_call / 1024:.0f} KiB per call"
