@@ -27,6 +27,7 @@ from server.config import FunctionConfig, Settings
 from server.metrics import Metrics
 from server.replay import ReplayableInput
 from server.routing import Routes
+from server.upstream import UpstreamReader
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +204,9 @@ class Gateway:
         """One streaming call to one worker, relaying both ways at once."""
         call = stub.Call(timeout=context.time_remaining(), metadata=((REQUEST_ID, request_id),))
         upstream = asyncio.create_task(self._send(call, fn, header, replay.chunks()))
+        answer = UpstreamReader(call)
         try:
-            async for response in call:
+            while (response := await answer.next()) is not None:
                 if response.WhichOneof("kind") == "failure":
                     raise errors.failure_error(response.failure)
                 yield response
@@ -224,7 +226,7 @@ class Gateway:
             raise self._worker_error(fn, code, details) from None
         finally:
             upstream.cancel()
-            call.cancel()
+            answer.close()
 
     async def _send(
         self,

@@ -32,7 +32,7 @@ input correctly, ssd-video four times at once (an interpreter lost to a
 cancelled call would stall it).
 
 A last test abandons hundreds of calls while their answers stream and bounds
-the gateway's memory per call: it fails today (strict xfail) on a grpcio bug.
+the gateway's memory per call (grpc/grpc#43360: see server/upstream.py).
 """
 
 from __future__ import annotations
@@ -462,14 +462,6 @@ STREAMING_CANCELS = 400
 LEAK_PER_CALL = 6 << 10  # gateway RSS per cancelled call: the bug below keeps 20-50 KiB, noise < 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="grpcio's aio stack never frees a read that is cancelled while in flight "
-    "(grpc/grpc#43360, open): Gateway._attempt awaits the worker's answer in the caller's "
-    "own task, which grpcio cancels when the caller goes away, so the gateway keeps the "
-    "message being read (~50 KiB per call with 64 KiB chunks). Reading the worker call in a "
-    "task of its own that is never cancelled (cancel the call; the read then ends) avoids it.",
-)
 def test_calls_cancelled_while_the_answer_streams_leave_no_gateway_memory(spooled):
     """Hundreds of hello-dcf calls, each abandoned while its echo is coming back: the
     gateway's RSS grows by less than LEAK_PER_CALL per call (allocator noise is far less)."""
