@@ -169,8 +169,6 @@ class Relay:
             response = await self.call.read()
         except grpc.aio.AioRpcError as exc:
             code, details = await errors.upstream_status(self.call, exc)
-            if exc.code() == grpc.StatusCode.INTERNAL and code == grpc.StatusCode.UNAVAILABLE:
-                code, details = await self._lost_status(code, details)
             raise errors.CallError(code, details or code.name) from None
         except (asyncio.CancelledError, asyncio.InvalidStateError):
             # grpcio raises CancelledError from a call cancelled locally (the client
@@ -184,26 +182,6 @@ class Relay:
         if response.WhichOneof("kind") == "failure":
             raise errors.failure_error(response.failure)
         return response
-
-    async def _lost_status(
-        self, code: grpc.StatusCode, details: str
-    ) -> tuple[grpc.StatusCode, str]:
-        """The status of a call whose own status grpcio lost to a write racing its end.
-
-        A gateway that refuses a caller's token ends the call at once, without the
-        failure record its other refusals send first; a body write racing that end
-        loses the status (see server/errors.py). The token is checked the same way
-        for every method, so ask ListFunctions with the same metadata: a refusal
-        there is the refusal of the call.
-        """
-        try:
-            await self.stub.ListFunctions(
-                dcf_pb2.ListFunctionsRequest(), metadata=_metadata(self._request), timeout=5
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                return exc.code(), exc.details() or exc.code().name
-        return code, details
 
     async def close(self) -> None:
         self.call.cancel()
