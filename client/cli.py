@@ -19,21 +19,13 @@ from typing import BinaryIO, Iterable, Iterator, Sequence
 
 import grpc
 
+from client.errors import CliError
 from client.output import Output
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 CHUNK_BYTES = 1 << 20
 PROGRESS_MIN_BYTES = 8 << 20
-
-
-class CliError(Exception):
-    """A failure to report as ``error: STATUS: message``."""
-
-    def __init__(self, status: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def build_parser() -> argparse.ArgumentParser:

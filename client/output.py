@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 from typing import BinaryIO
 
+from client.errors import CliError
+
 _TEXT_TYPES = ("text/", "application/json", "application/x-ndjson")
 
 
@@ -26,8 +28,6 @@ class Output:
     def begin(self, content_type: str, partial_results: bool) -> None:
         self._binary = not content_type.startswith(_TEXT_TYPES) and not partial_results
         if self._binary and self._terminal and not self._as_base64:
-            from client.cli import CliError
-
             raise CliError(
                 "INVALID_ARGUMENT",
                 f"the result is binary ({content_type}): redirect it to a file or use --base64",

@@ -210,18 +210,18 @@ class Gateway:
                 if response.WhichOneof("kind") == "failure":
                     raise errors.failure_error(response.failure)
                 yield response
-            if upstream.done() and upstream.exception() is not None:
-                raise upstream.exception()
+            if (broken := _input_error(upstream)) is not None:
+                raise broken
         except asyncio.CancelledError:
             # The worker call is cancelled locally when the input broke a rule.
-            if upstream.done() and not upstream.cancelled() and upstream.exception():
-                current = asyncio.current_task()
-                if current is None or not current.cancelling():
-                    raise upstream.exception() from None
+            broken = _input_error(upstream)
+            current = asyncio.current_task()
+            if broken is not None and (current is None or not current.cancelling()):
+                raise broken from None
             raise
         except grpc.aio.AioRpcError as exc:
-            if upstream.done() and not upstream.cancelled() and upstream.exception():
-                raise upstream.exception() from None
+            if (broken := _input_error(upstream)) is not None:
+                raise broken from None
             code, details = await errors.upstream_status(call, exc)
             raise self._worker_error(fn, code, details) from None
         finally:
@@ -318,6 +318,13 @@ def function_info(fn: FunctionConfig) -> dcf_pb2.FunctionInfo:
         max_input_bytes=fn.max_input_bytes,
         params=dict(fn.params),
     )
+
+
+def _input_error(upstream: asyncio.Task[None]) -> BaseException | None:
+    """Why sending the input failed (too large, malformed), if it has."""
+    if upstream.done() and not upstream.cancelled():
+        return upstream.exception()
+    return None
 
 
 async def _aiter(items: list[memoryview]) -> AsyncIterator[bytes]:
