@@ -336,10 +336,8 @@ async def _counted(
     chunks: AsyncIterator[bytes], fn: FunctionConfig, sizes: list[int]
 ) -> AsyncIterator[bytes]:
     """The input, counted into ``sizes[0]``; TooLarge the moment it passes the limit."""
-    async for chunk in chunks:
+    async for chunk in stream.limited(chunks, fn.name, fn.max_input_bytes):
         sizes[0] += len(chunk)
-        if fn.max_input_bytes and sizes[0] > fn.max_input_bytes:
-            raise TooLarge(f"{fn.name}: input exceeds the limit of {fn.max_input_bytes} bytes")
         yield chunk
 
 
