@@ -14,18 +14,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from handlers import detection_params
 from handlers.base import Function, Reply, Request
 
-DEFAULT_THRESHOLD = 0.5
-DEFAULT_MAX_DETECTIONS = 20
-MAX_DETECTIONS = 100
-
 PARAMS: Mapping[str, str] = {
-    "threshold": f"minimum confidence, 0..1 (default {DEFAULT_THRESHOLD})",
-    "max_detections": (
-        f"most boxes to return, 1..{MAX_DETECTIONS} (default {DEFAULT_MAX_DETECTIONS}; "
-        "the model itself proposes at most 20)"
-    ),
+    **detection_params.described("to return", "; the model itself proposes at most 20"),
     "annotate": "true: reply with the image as PNG, boxes drawn (default false)",
 }
 
@@ -60,8 +53,7 @@ def create(options: Mapping[str, Any]) -> Function:
 
     def handle(request: Request) -> Reply:
         params = request.params
-        threshold = params.get_float("threshold", DEFAULT_THRESHOLD, low=0.0, high=1.0)
-        limit = params.get_int("max_detections", DEFAULT_MAX_DETECTIONS, low=1, high=MAX_DETECTIONS)
+        threshold, limit = detection_params.read(params)
         draw = params.get_bool("annotate", False)
         image = images.decode_image(
             request.read(),

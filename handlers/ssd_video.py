@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
+from handlers import detection_params
 from handlers.base import Function, InvalidInput, Reply, Request, TooLarge
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,6 @@ DEFAULT_MAX_FRAMES = 10
 MAX_FRAMES = 1000
 DEFAULT_STRIDE = 1
 MAX_STRIDE = 1000
-DEFAULT_THRESHOLD = 0.5
-DEFAULT_MAX_DETECTIONS = 20
-MAX_DETECTIONS = 100
 MAX_FRAME_PIXELS = 50_000_000
 # FFmpeg demuxers allowed to open an upload: binary containers only (mp4/mov/3gp,
 # avi, mkv/webm, MPEG-TS, MPEG-PS, FLV, Ogg, ASF/WMV).
@@ -75,10 +73,7 @@ _KINDS = "mp4, mov, avi, mkv, webm"
 PARAMS: Mapping[str, str] = {
     "max_frames": f"frames to analyse, 1..{MAX_FRAMES} (default {DEFAULT_MAX_FRAMES})",
     "stride": f"analyse every Nth frame, 1..{MAX_STRIDE} (default {DEFAULT_STRIDE}: every frame)",
-    "threshold": f"minimum confidence, 0..1 (default {DEFAULT_THRESHOLD})",
-    "max_detections": (
-        f"most boxes per frame, 1..{MAX_DETECTIONS} (default {DEFAULT_MAX_DETECTIONS})"
-    ),
+    **detection_params.described("per frame"),
 }
 
 
@@ -104,13 +99,12 @@ def create(options: Mapping[str, Any]) -> Function:
 
     def handle(request: Request) -> Reply:
         params = request.params
+        threshold, max_detections = detection_params.read(params)
         settings = _Settings(
             max_frames=params.get_int("max_frames", DEFAULT_MAX_FRAMES, low=1, high=MAX_FRAMES),
             stride=params.get_int("stride", DEFAULT_STRIDE, low=1, high=MAX_STRIDE),
-            threshold=params.get_float("threshold", DEFAULT_THRESHOLD, low=0.0, high=1.0),
-            max_detections=params.get_int(
-                "max_detections", DEFAULT_MAX_DETECTIONS, low=1, high=MAX_DETECTIONS
-            ),
+            threshold=threshold,
+            max_detections=max_detections,
         )
         parts = _run(request.chunks, settings, spool_dir, model, inference)
         return Reply(CONTENT_TYPE, parts, partial_results=True)
