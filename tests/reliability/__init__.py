@@ -140,8 +140,25 @@ def rss(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def thread_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
+# gRPC core's EventEngine pool names its threads "event_engine". It is elastic: its
+# lifeguard adds a thread whenever the pool looks backlogged (as a loaded 2-core
+# machine makes it look) and reclaims each extra one after 20 s idle (kIdleThreadLimit
+# in work_stealing_thread_pool.cc), so its size says nothing about our code.
+GRPC_POOL_THREAD = "event_engine"
+GRPC_POOL_IDLE_LIMIT = 20.0
+
+
+def thread_count(pid: int) -> tuple[int, int]:
+    """(threads of the process outside gRPC core's elastic pool, threads in that pool)."""
+    names = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/comm") as comm:
+                names.append(comm.read().strip())
+        except FileNotFoundError:  # the thread ended while we listed them
+            continue
+    pooled = names.count(GRPC_POOL_THREAD)
+    return len(names) - pooled, pooled
 
 
 def metrics_text(service: Service) -> str:
