@@ -20,15 +20,15 @@ uploads that are then all abandoned (see ``Scenarios.burst``).
 
 Afterwards: (a) the spool directory is empty; (b) the gateway's
 ``dcf_calls_in_flight`` is 0 for every function; (c) every abandoned call has
-its line ``call <id> <function> CANCELLED`` from the gateway, and its own line
-from the worker: CANCELLED, or (see CUT_INPUT_OUTCOMES) the answer to the input
-cut where the caller left; (d) no process's RSS grew by more than RSS_LIMIT from
+its line ``call <id> <function> CANCELLED`` from the gateway and from the worker
+(or, see CUT_INPUT_OUTCOMES, the worker's answer to the input cut where the
+caller left); (d) no process's RSS grew by more than RSS_LIMIT from
 the cycles just after the first ten to the last ones; (e) no process has more
 threads at the end than after the first ten cycles (the first burst filled the
 handler thread pools, which never shrink, so a thread started per call and never
 ended would show; gRPC core's own elastic pool is counted apart, and given the
-time it takes to hand back its extra threads); the last burst gets every handler thread at once (a thread
-stuck on a dead call would be missing); and every function still answers a good
+time it takes to hand back its extra threads); the last burst gets every handler
+thread at once (a thread stuck on a dead call would be missing); and every function still answers a good
 input correctly, ssd-video four times at once (an interpreter lost to a
 cancelled call would stall it).
 
@@ -53,11 +53,11 @@ from typing import Callable, Iterator
 import pytest
 
 from protos.dcf.v1 import dcf_pb2
-from server.testing import ROOT, Service, start_service
+from server.testing import ROOT, Service, metric, start_service
 from server.worker import DEFAULT_CONCURRENCY
 from tests import media
 from tests.reliability import (
-    GRPC_POOL_IDLE_LIMIT, MB, invoke, log_since, metric, metrics_text, pieces, rss, thread_count,
+    GRPC_POOL_IDLE_LIMIT, MB, invoke, log_since, pieces, rss, thread_count,
     worker_pids,
 )
 
@@ -223,7 +223,7 @@ class Scenarios:
             wait_for(lambda: len(set(self._files()) - before) == self.concurrency["ssd-video"],
                      TIMEOUT, "every ssd-video call of the burst to spool")
             for function in ("ssd", "send-wav"):
-                wait_for(lambda: metric(metrics_text(self.service), "dcf_calls_in_flight",
+                wait_for(lambda: metric(self.service.metrics_text(), "dcf_calls_in_flight",
                                         function=function) == self.concurrency[function],
                          TIMEOUT, f"the gateway to take every {function} call of the burst")
             time.sleep(0.3)
@@ -235,7 +235,7 @@ class Scenarios:
     def _admitted(self, function: str) -> None:
         """Wait until the gateway counts the call in flight (the only one of ``function``)."""
         wait_for(
-            lambda: metric(metrics_text(self.service), "dcf_calls_in_flight", function=function),
+            lambda: metric(self.service.metrics_text(), "dcf_calls_in_flight", function=function),
             TIMEOUT, f"the gateway to take the {function} call",
         )
 
@@ -262,10 +262,14 @@ SCENARIOS = {
     "echo-download": "hello-dcf",
 }
 
-# The gateway sees a caller's cancellation as the end of its input first (grpcio's aio
-# server merges the two) and may pass that end on to the worker before its own
-# cancellation does: the worker may then finish on the input cut where the caller
-# left (echo it, or refuse it as not an image...) before the cancellation reaches it.
+# grpcio's aio server ends the request stream of a cancelled call as if the caller had
+# half-closed it (the failed read reads as the end of the stream) and cancels the
+# handler on a separate completion, usually one loop turn later but, on a loaded
+# machine, sometimes milliseconds later (we measured both). In that gap the gateway
+# passes the end on, and the worker may finish on the input cut where the caller left
+# (echo it, or refuse it as not an image...) before the cancellation reaches it; rarer
+# still, that answer reaches the gateway before the caller's cancellation does, and the
+# gateway's call ends with it. Nobody is left waiting either way.
 CUT_INPUT_OUTCOMES = {"OK", "INVALID_ARGUMENT"}
 # These sent their whole input before they were abandoned: only CANCELLED will do.
 WHOLE_INPUT = ("video-results-",)
@@ -275,6 +279,13 @@ def worker_outcome_ok(rid: str, outcome: str) -> bool:
     if outcome == "CANCELLED":
         return True
     return outcome in CUT_INPUT_OUTCOMES and not rid.startswith(WHOLE_INPUT)
+
+
+def gateway_outcome_ok(rid: str, outcome: str, worker_outcome: str) -> bool:
+    """CANCELLED, or the worker's own answer to the cut input (see CUT_INPUT_OUTCOMES)."""
+    return outcome == "CANCELLED" or (
+        outcome == worker_outcome and worker_outcome_ok(rid, worker_outcome)
+    )
 
 
 # A client process killed mid-upload: its connection drops without a goodbye.
@@ -299,6 +310,15 @@ threading.Event().wait()
 """
 
 
+def assert_ended_well(rids: dict[str, str], worker: dict[str, str], gateway: dict[str, str]) -> None:
+    """Every abandoned call ended CANCELLED, or as the race allows (CUT_INPUT_OUTCOMES)."""
+    wrong = {rid: worker[rid] for rid in rids if not worker_outcome_ok(rid, worker[rid])}
+    assert not wrong, f"abandoned calls that ended otherwise in their worker: {wrong}"
+    wrong = {rid: (gateway[rid], worker[rid]) for rid in rids
+             if not gateway_outcome_ok(rid, gateway[rid], worker[rid])}
+    assert not wrong, f"abandoned calls that ended otherwise at the gateway: {wrong}"
+
+
 def snapshot(pids: dict[str, int]) -> dict[str, tuple[int, tuple[int, int]]]:
     """name -> (RSS, (our threads, gRPC core's pool threads)) of each process."""
     return {name: (rss(pid), thread_count(pid)) for name, pid in pids.items()}
@@ -307,7 +327,7 @@ def snapshot(pids: dict[str, int]) -> dict[str, tuple[int, tuple[int, int]]]:
 def quiet(service: Service, spool: Path) -> None:
     """Wait until nothing is in flight at the gateway and the spool directory is empty."""
     def idle() -> bool:
-        text = metrics_text(service)
+        text = service.metrics_text()
         return not any(metric(text, "dcf_calls_in_flight", function=f) for f in FUNCTIONS)
 
     wait_for(idle, SETTLE, "dcf_calls_in_flight to return to 0")
@@ -401,10 +421,7 @@ def test_abandoned_calls_leave_nothing_behind(spooled, tmp_path):
 
         # (c) every abandoned call ended at the gateway as CANCELLED, and in its worker.
         worker, gateway = ended()
-        assert {gateway[rid] for rid in rids} == {"CANCELLED"}, {r: gateway[r] for r in rids}
-        wrong = {rid: worker[rid] for rid in rids if not worker_outcome_ok(rid, worker[rid])}
-        assert not wrong, f"abandoned calls that ended otherwise in their worker: {wrong}"
-        raced = sorted(rid for rid in rids if worker[rid] != "CANCELLED")
+        assert_ended_well(rids, worker, gateway)
         # (d) memory: the median RSS of the last cycles against that of the first after
         # the warm-up (a median, because a worker's RSS swings with its big transient
         # arrays, send-wav's by up to ~20 MB, whichever cycle it is read after).
@@ -419,8 +436,7 @@ def test_abandoned_calls_leave_nothing_behind(spooled, tmp_path):
         rids.update(scenarios.burst(stub, "last"))
         quiet(service, spool)
         worker, gateway = ended()
-        wrong = {rid: worker[rid] for rid in rids if not worker_outcome_ok(rid, worker[rid])}
-        assert not wrong and {gateway[rid] for rid in rids} == {"CANCELLED"}, wrong
+        assert_ended_well(rids, worker, gateway)
         log = log_since(service, offset)
         assert "Traceback" not in log, log[max(0, log.index("Traceback") - 1000):][:5000]
 
@@ -441,10 +457,13 @@ def test_abandoned_calls_leave_nothing_behind(spooled, tmp_path):
         except AssertionError:
             raise AssertionError(f"threads after warm-up {warm} and at the end {end}") from None
         counts = ", ".join(f"{n} {warm[n][1]}->{end[n][1]}" for n in pids)
+        raced = sorted(rid for rid in rids if worker[rid] != "CANCELLED")
+        raced_to_caller = sorted(rid for rid in rids if gateway[rid] != "CANCELLED")
         print(f"\ndisconnect: {len(rids)} abandoned calls, cycles took {cycles_seconds:.1f} s; "
               "RSS growth MB " + ", ".join(f"{n} {g:+.1f}" for n, g in grown.items())
-              + f"; threads {counts}; {len(raced)} ended in their worker on the cut input "
-              f"before the cancellation reached it: {raced}")
+              + f"; threads (ours, gRPC core's pool) {counts}; {len(raced)} ended in their "
+              f"worker on the cut input before the cancellation reached it: {raced}, "
+              f"{len(raced_to_caller)} of them at the gateway too: {raced_to_caller}")
 
         # Every function still answers, and ssd-video still has both its interpreters.
         assert invoke(stub, "hello-dcf", b"after").body == b"after"
