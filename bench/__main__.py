@@ -28,7 +28,7 @@ def main() -> int:
 
     from bench import sections
 
-    report = [f"# dcf benchmark\n", f"Machine: {machine_line()}\n"]
+    report = ["# dcf benchmark\n", f"Machine: {machine_line()}\n"]
     print(report[0] + "\n" + report[1], flush=True)
     with tempfile.TemporaryDirectory(prefix="dcf-bench-") as tmp:
         service = start_service(Path(tmp), args=["--log-level", "WARNING"])

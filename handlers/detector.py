@@ -41,8 +41,6 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-# Re-exported: image decoding moved to handlers.images.
-from handlers.images import DEFAULT_MAX_PIXELS, DecodedImage, decode_image  # noqa: F401
 from handlers.model_fetch import LABELS_NAME, MODEL_FILES, MODEL_NAME, default_model_dir
 
 log = logging.getLogger(__name__)
@@ -328,7 +326,7 @@ class Detector:
         """Detections in pixels of an image ``size`` = (width, height).
 
         ``size`` defaults to ``rgb``'s own; pass the full size when ``rgb`` was
-        decoded reduced (DecodedImage.width/height).
+        decoded reduced (images.DecodedImage.width/height).
         """
         width, height = size if size is not None else (rgb.shape[1], rgb.shape[0])
         return self.detect_resized(resize_for_model(rgb), width, height, threshold, max_detections)

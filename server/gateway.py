@@ -111,14 +111,32 @@ class Gateway:
             code = errors.code_of(exc).name
             raise
         finally:
-            elapsed = time.monotonic() - started
-            self.metrics.finished(label, code, elapsed)
-            self.metrics.bytes_in.labels(label).inc(sizes[0])
-            self.metrics.bytes_out.labels(label).inc(sizes[1])
-            log.info(
-                "call %s %s %s %.1f ms in=%d out=%d",
-                request_id, header.function, code, elapsed * 1000, sizes[0], sizes[1],
-            )
+            self._account(request_id, header.function, label, code, started, sizes)
+
+    def refused(self, name: str, exc: BaseException, context: grpc.aio.ServicerContext) -> None:
+        """Account for a call a front refused before it reached ``call``.
+
+        Open Inference decodes its tensors first; a malformed one still counts as a
+        call of its function, with a request id, as a refusal inside ``call`` would.
+        """
+        request_id = _request_id(context)
+        context.set_trailing_metadata(((REQUEST_ID, request_id),))
+        fn = self.settings.function(name) if name else None
+        label = fn.name if fn is not None else "unknown"
+        self._account(request_id, name, label, errors.code_of(exc).name, time.monotonic(), [0, 0])
+
+    def _account(
+        self, request_id: str, name: str, label: str, code: str, started: float, sizes: list[int]
+    ) -> None:
+        """One call's metrics and its log line (``label``: the function, or "unknown")."""
+        elapsed = time.monotonic() - started
+        self.metrics.finished(label, code, elapsed)
+        self.metrics.bytes_in.labels(label).inc(sizes[0])
+        self.metrics.bytes_out.labels(label).inc(sizes[1])
+        log.info(
+            "call %s %s %s %.1f ms in=%d out=%d",
+            request_id, name, code, elapsed * 1000, sizes[0], sizes[1],
+        )
 
     async def invoke(
         self,

@@ -91,10 +91,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         try:
-            self._model(request.model_name, request.model_version)
-            data, raw = codec.input_of(request)
-            codec.check_outputs(request)
-            params = codec.params_of(request)
+            try:
+                self._model(request.model_name, request.model_version)
+                data, raw = codec.input_of(request)
+                codec.check_outputs(request)
+                params = codec.params_of(request)
+            except Exception as exc:  # noqa: BLE001 - refused before the gateway's call
+                self._gateway.refused(request.model_name, exc, context)
+                raise
             content_type, body = await self._gateway.invoke(
                 request.model_name, data, params, context
             )

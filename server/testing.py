@@ -13,12 +13,14 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from protos.dcf.v1 import dcf_pb2_grpc
 
@@ -101,6 +103,12 @@ class Service:
     def gateway(self, channel: grpc.Channel) -> dcf_pb2_grpc.GatewayStub:
         return dcf_pb2_grpc.GatewayStub(channel)
 
+    def metrics_text(self) -> str:
+        """The gateway's Prometheus metrics, as its metrics port serves them."""
+        url = f"http://127.0.0.1:{self.document['server']['metrics_port']}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return reply.read().decode()
+
     def worker_address(self, name: str) -> str:
         return self.document["functions"][name]["workers"][0]
 
@@ -142,3 +150,12 @@ def start_service(tmp: Path, extra: dict | None = None, args: list[str] | None =
         service.stop()
         raise RuntimeError(f"server did not start:\n{log.read_text()[-4000:]}")
     return service
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of sample ``name`` with ``labels`` in ``text`` (0 when it has none yet)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from handlers import detector, ssd
+from handlers import detector, images, ssd
 from handlers.base import Function, InvalidInput, Params, Reply, Request
 from handlers.model_fetch import LABELS_NAME, MODEL_NAME, default_model_dir
 
@@ -513,13 +513,13 @@ def test_real_mostly_empty_huge_png_is_refused() -> None:
     data = encode(Image.new("L", (7_500, 7_000), 255), "PNG")  # 52.5 MP of white
     assert len(data) < 200_000
     with pytest.raises(InvalidInput, match="megapixels"):
-        detector.decode_image(data)
+        images.decode_image(data)
 
 
 def test_max_pixels_option_lowers_the_limit(grace_bytes: bytes) -> None:
     with pytest.raises(InvalidInput, match=r"limit is 0\.1 megapixels"):
-        detector.decode_image(grace_bytes, max_pixels=100_000)
-    assert detector.decode_image(grace_bytes, max_pixels=512 * 600).width == 512
+        images.decode_image(grace_bytes, max_pixels=100_000)
+    assert images.decode_image(grace_bytes, max_pixels=512 * 600).width == 512
 
 
 def _small_samples() -> list[bytes]:
@@ -553,7 +553,7 @@ def test_damaged_files_decode_or_are_invalid_input(
     for where, value in flips:
         data[where % len(data)] = value
     try:
-        image = detector.decode_image(bytes(data))
+        image = images.decode_image(bytes(data))
     except InvalidInput as exc:
         assert exc.message and "\n" not in exc.message
     else:

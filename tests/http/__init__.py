@@ -10,10 +10,8 @@ socket as the test decides, and h11 parses the answer as it comes.
 from __future__ import annotations
 
 import io
-import re
 import socket
 import time
-import urllib.request
 import wave
 from pathlib import Path
 
@@ -113,16 +111,3 @@ class Duplex:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def metric(metrics_port: int, name: str, **labels: str) -> float:
-    """One sample from the gateway's Prometheus endpoint (0 when it has none yet)."""
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
-    for line in text.splitlines():
-        match = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
-        if not match or match.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
-        if all(found.get(key) == value for key, value in labels.items()):
-            return float(match.group(3))
-    return 0.0

@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from protos.dcf.v1 import dcf_pb2
 from protos.inference import grpc_predict_v2_pb2 as pb
 from protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
-from server.testing import ROOT
+from server.testing import ROOT, metric
 
 SERVICE = "inference.GRPCInferenceService"
 
@@ -239,3 +239,24 @@ def test_no_process_holds_tritonclient_beside_our_protos():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", check], cwd=ROOT, check=True, timeout=60)
+
+
+def test_refusals_before_the_gateway_call_are_accounted_as_calls(dcf, oip):
+    """A malformed tensor never reaches a worker, yet it is a call of its function:
+    counted in the metrics, logged, and answered with a request id, as Invoke's are."""
+    fp32 = typed_request("ssd", b"a")
+    fp32.inputs[0].datatype = "FP32"
+    cases = [
+        (fp32, "oip-refused-tensor", "ssd", grpc.StatusCode.INVALID_ARGUMENT),
+        (typed_request("no-such-model", b"a"), "oip-refused-model", "unknown",
+         grpc.StatusCode.NOT_FOUND),
+    ]
+    for request, request_id, label, code in cases:
+        counted = dict(function=label, code=code.name)
+        before = metric(dcf.metrics_text(), "dcf_requests_total", **counted)
+        with pytest.raises(grpc.RpcError) as err:
+            oip.ModelInfer(request, timeout=60, metadata=(("x-request-id", request_id),))
+        assert err.value.code() == code
+        assert ("x-request-id", request_id) in err.value.trailing_metadata()
+        assert metric(dcf.metrics_text(), "dcf_requests_total", **counted) == before + 1
+        assert f"call {request_id} {request.model_name} {code.name}" in dcf.log.read_text()

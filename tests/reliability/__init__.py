@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
@@ -159,20 +158,6 @@ def thread_count(pid: int) -> tuple[int, int]:
             continue
     pooled = names.count(GRPC_POOL_THREAD)
     return len(names) - pooled, pooled
-
-
-def metrics_text(service: Service) -> str:
-    url = f"http://127.0.0.1:{service.document['server']['metrics_port']}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as reply:
-        return reply.read().decode()
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample (0 if the labelled sample is absent)."""
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def log_since(service: Service, offset: int) -> str:

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from protos.dcf.v1 import dcf_pb2_grpc
-from server.testing import Service
+from server.testing import Service, metric
 from tests import media
 from tests.reliability import (
-    MB, Outcome, call, health, invoke, log_since, log_size, metric, metrics_text, pieces, rss,
+    MB, Outcome, call, health, invoke, log_since, log_size, pieces, rss,
     worker_pids, worker_starts,
 )
 
@@ -214,7 +214,7 @@ def test_sixteen_clients_mixed_functions_no_errors_bounded_memory(dcf: Service):
     assert not grown, f"memory climbed over the second half (MB): {grown}; all: {report}"
 
     # Afterwards: nothing in flight, every function serving, no worker restarted, no traceback.
-    text = metrics_text(dcf)
+    text = dcf.metrics_text()
     busy = {f: metric(text, "dcf_calls_in_flight", function=f) for f in served}
     assert not any(busy.values()), busy
     assert set(health(dcf, served).values()) == {"SERVING"}

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
+from server.testing import metric
 from tests.conftest import ROOT, call_requests, collect_call, free_port, start_service, wait_serving
 
 
@@ -218,21 +218,12 @@ def test_tokens_guard_everything_but_health(guarded):
     assert done.returncode != 0 and done.stderr.startswith(b"error: UNAUTHENTICATED: ")
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0 if wanted else float("nan")
-
-
 def test_metrics_move(dcf, stub):
-    url = f"http://127.0.0.1:{dcf.document['server']['metrics_port']}/metrics"
-    before = urllib.request.urlopen(url, timeout=10).read().decode()
+    before = dcf.metrics_text()
     stub.Invoke(dcf_pb2.InvokeRequest(function="hello-dcf", input=b"12345"))
     with pytest.raises(grpc.RpcError):
         stub.Invoke(dcf_pb2.InvokeRequest(function="echo-small", input=b"x" * (2 << 20)))
-    after = urllib.request.urlopen(url, timeout=10).read().decode()
+    after = dcf.metrics_text()
     ok = dict(function="hello-dcf", code="OK")
     assert metric(after, "dcf_requests_total", **ok) == metric(before, "dcf_requests_total", **ok) + 1
     full = dict(function="echo-small", code="RESOURCE_EXHAUSTED")
