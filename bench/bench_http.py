@@ -10,6 +10,7 @@ channel), as a real caller would; the first calls of each are warm-up.
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import sys
 import time
@@ -65,6 +66,49 @@ def run(address_grpc: str, address_http: str, image_bytes: bytes, repeats: int =
         "http_over_grpc": round(http_ms / grpc_ms, 3),
         "repeats": repeats,
     }
+
+
+def echo_throughput(address_grpc: str, address_http: str, total_bytes: int, repeats: int = 3) -> dict:
+    """MB/s of a hello-dcf echo through the HTTP front and through gRPC Call, best of each.
+
+    The HTTP client is curl, which reads the answer while it sends the body, as an
+    echo needs (httpx and browsers send the whole body first, and a large echo then
+    stalls on flow control). The two alternate, so both meet the same noise.
+    """
+    import asyncio
+    import subprocess
+    import tempfile
+
+    from bench.stream import echo
+
+    curl = shutil.which("curl")
+    if curl is None:
+        raise RuntimeError("the HTTP echo figure needs curl (apt-get install curl)")
+    base = address_http if "://" in address_http else f"http://{address_http}"
+    with tempfile.NamedTemporaryFile(prefix="dcf-bench-echo-") as body:
+        body.write(b"\x5a" * total_bytes)
+        body.flush()
+
+        def via_http() -> float:
+            started = time.perf_counter()
+            done = subprocess.run(
+                [curl, "-sS", "--fail", "-o", "/dev/null", "-w", "%{size_download}",
+                 "-H", "content-type: application/octet-stream",
+                 "--data-binary", f"@{body.name}", f"{base}/v1/functions/hello-dcf"],
+                capture_output=True, text=True, check=False,
+            )
+            elapsed = time.perf_counter() - started
+            if done.returncode != 0 or done.stdout.strip() != str(total_bytes):
+                raise RuntimeError(f"HTTP echo failed: {done.stderr.strip() or done.stdout}")
+            return elapsed
+
+        times: dict[str, list[float]] = {"http": [], "grpc": []}
+        for _ in range(repeats):
+            times["http"].append(via_http())
+            times["grpc"].append(asyncio.run(echo(address_grpc, total_bytes)))
+    mb = total_bytes / 1e6
+    http_mb_s, grpc_mb_s = mb / min(times["http"]), mb / min(times["grpc"])
+    return {"http_mb_s": http_mb_s, "grpc_mb_s": grpc_mb_s, "ratio": http_mb_s / grpc_mb_s}
 
 
 if __name__ == "__main__":

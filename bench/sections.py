@@ -200,14 +200,19 @@ def oip_section(service: Service, quick: bool) -> str:
 
 
 def http_section(service: Service, quick: bool) -> str:
-    """ssd through the HTTP front beside the same call through gRPC Invoke."""
-    from bench.bench_http import run
+    """ssd, and a large echo, through the HTTP front beside the same through gRPC."""
+    from bench.bench_http import echo_throughput, run
 
     figures = run(service.address, service.http_url, photo(), repeats=40 if quick else 200)
     table = Table("HTTP front: ssd, one image", ["path", "p50 ms", "vs gRPC Invoke"])
     table.add("gRPC dcf.v1 Invoke", figures["ssd_grpc_invoke_p50_ms"], "1.00x")
     table.add("HTTP POST /v1/functions/ssd", figures["ssd_http_p50_ms"], f"{figures['http_over_grpc']:.3f}x")
-    return table.render()
+    size = (32 if quick else 128) * MiB
+    rates = echo_throughput(service.address, service.http_url, size, repeats=2 if quick else 3)
+    echo = Table(f"HTTP front: hello-dcf echo of {size // MiB} MiB", ["path", "MB/s", "vs gRPC Call"])
+    echo.add("gRPC dcf.v1 Call", rates["grpc_mb_s"], "1.00x")
+    echo.add("HTTP POST /v1/functions/hello-dcf (curl)", rates["http_mb_s"], f"{rates['ratio']:.2f}x")
+    return table.render() + "\n" + echo.render()
 
 
 def ssd_video_section(service: Service, quick: bool) -> str:
