@@ -259,7 +259,8 @@ class Gateway:
         try:
             await call.write(dcf_pb2.CallRequest(header=forwarded))
             async for chunk in chunks:
-                await call.write(dcf_pb2.CallRequest(chunk=chunk))
+                for piece in stream.resplit(chunk, self.settings.chunk_bytes):
+                    await call.write(dcf_pb2.CallRequest(chunk=piece))
             await call.done_writing()
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             # The worker ended the call; its own status arrives on the response side.

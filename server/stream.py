@@ -7,7 +7,7 @@ the moment it is crossed, without reading the rest).
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Mapping
+from typing import AsyncIterator, Iterable, Mapping
 
 from handlers.base import InvalidInput, Params, TooLarge
 from protos.dcf.v1 import dcf_pb2
@@ -53,9 +53,22 @@ def check_params(function: str, given: Mapping[str, str], accepted: Mapping[str,
     return Params(given)
 
 
+def resplit(chunk: bytes, size: int) -> Iterable[bytes]:
+    """``chunk`` as pieces of at most ``size`` bytes, for the next hop.
+
+    Callers choose their own chunk sizes; a worker takes messages of about its
+    ``chunk_bytes`` only, so the gateway cuts bigger chunks before passing them on
+    (without a copy for the usual chunk, which is small enough already).
+    """
+    if len(chunk) <= size:
+        return (chunk,)
+    return [bytes(piece) for piece in split(chunk, size)]
+
+
 def split(data: bytes | memoryview, size: int) -> list[memoryview]:
     """Slices of at most ``size`` bytes without copying; one empty slice for empty data."""
     view = memoryview(data)
     if not view:
         return []
     return [view[i : i + size] for i in range(0, len(view), size)]
+

@@ -52,6 +52,14 @@ def test_64_mib_echo_is_byte_identical(stub):
     assert digest.hexdigest() == expected
 
 
+def test_chunks_bigger_than_the_workers_take_are_cut_on_the_way(stub):
+    """The caller picks its chunk size; the worker takes messages of about its own
+    chunk_bytes (1 MiB), so the gateway cuts bigger chunks rather than failing."""
+    data = os.urandom(3 * MiB + 5)
+    content_type, body, _ = collect_call(stub.Call(call_requests("hello-dcf", [data, b"end"])))
+    assert (content_type, body) == ("text/plain", data + b"end")
+
+
 def test_alias_and_list(stub):
     names = {fn.name for fn in stub.ListFunctions(dcf_pb2.ListFunctionsRequest()).functions}
     assert "hello-dcf" in names
