@@ -111,7 +111,7 @@ class Gateway:
             code = errors.code_of(exc).name
             raise
         finally:
-            self._account(request_id, header.function, label, code, started, sizes)
+            self._account(request_id, header.function or "-", label, code, started, sizes)
 
     def refused(self, name: str, exc: BaseException, context: grpc.aio.ServicerContext) -> None:
         """Account for a call a front refused before it reached ``call``.
@@ -123,7 +123,8 @@ class Gateway:
         context.set_trailing_metadata(((REQUEST_ID, request_id),))
         fn = self.settings.function(name) if name else None
         label = fn.name if fn is not None else "unknown"
-        self._account(request_id, name, label, errors.code_of(exc).name, time.monotonic(), [0, 0])
+        code = errors.code_of(exc).name
+        self._account(request_id, name or "-", label, code, time.monotonic(), [0, 0])
 
     def _account(
         self, request_id: str, name: str, label: str, code: str, started: float, sizes: list[int]

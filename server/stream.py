@@ -71,4 +71,3 @@ def split(data: bytes | memoryview, size: int) -> list[memoryview]:
     if not view:
         return []
     return [view[i : i + size] for i in range(0, len(view), size)]
-
