@@ -39,7 +39,19 @@ class NotFound(FunctionError):
 
 
 class TooLarge(FunctionError):
+    """The input, or a size a param asks for, is over the function's limit."""
+
     status = "RESOURCE_EXHAUSTED"
+
+
+class Overloaded(FunctionError):
+    """Too many calls at once: the function's queue is full. Worth trying again later."""
+
+    status = "RESOURCE_EXHAUSTED"
+
+
+class DeadlineExceeded(FunctionError):
+    status = "DEADLINE_EXCEEDED"
 
 
 class Unavailable(FunctionError):

@@ -19,6 +19,8 @@ import yaml
 DEFAULT_CONFIG = Path(__file__).with_name("functions.yaml")
 
 MiB = 1 << 20
+# The queue's size when the registry gives none: a few rounds of the function's slots.
+DEFAULT_QUEUE_PER_SLOT = 4
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -26,6 +28,19 @@ _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 class ConfigError(ValueError):
     """A setting that cannot be used; the message names it."""
+
+
+def _count(value: Any, name: str) -> int:
+    """A whole number of things, 0 or more."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(f"{name}: expected a whole number, got {value!r}")
+    try:
+        count = int(value)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a whole number, got {value!r}") from None
+    if count < 0:
+        raise ConfigError(f"{name}: must not be negative, got {value!r}")
+    return count
 
 
 def parse_size(value: int | str, name: str) -> int:
@@ -56,9 +71,20 @@ class FunctionConfig:
     aliases: tuple[str, ...] = ()
     max_input_bytes: int = 0  # 0: no limit
     max_concurrency: int = 0  # 0: no limit
+    # Calls that may wait for a free slot once max_concurrency run; None: a few rounds' worth.
+    max_queue: int | None = None
     workers: tuple[str, ...] = ()
     params: Mapping[str, str] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def queue_size(self) -> int:
+        """How many calls may wait once ``max_concurrency`` run (none without a limit)."""
+        if not self.max_concurrency:
+            return 0
+        if self.max_queue is not None:
+            return self.max_queue
+        return DEFAULT_QUEUE_PER_SLOT * self.max_concurrency
 
     @classmethod
     def from_yaml(cls, name: str, entry: Mapping[str, Any]) -> "FunctionConfig":
@@ -81,7 +107,11 @@ class FunctionConfig:
             output_type=str(entry.get("output_type", cls.output_type)),
             aliases=tuple(str(a) for a in entry.get("aliases", ())),
             max_input_bytes=parse_size(entry.get("max_input_bytes", 0), f"{name}.max_input_bytes"),
-            max_concurrency=int(entry.get("max_concurrency", 0)),
+            max_concurrency=_count(entry.get("max_concurrency", 0), f"{name}.max_concurrency"),
+            max_queue=(
+                None if entry.get("max_queue") is None
+                else _count(entry["max_queue"], f"{name}.max_queue")
+            ),
             workers=tuple(str(w) for w in workers),
             params={str(k): str(v) for k, v in (entry.get("params") or {}).items()},
             options=dict(entry.get("options") or {}),
@@ -97,6 +127,8 @@ class Settings:
     chunk_bytes: int = MiB
     max_invoke_bytes: int = 64 * MiB
     grace_seconds: float = 10.0
+    # How long a call may wait for a local worker that is starting (embedded default).
+    startup_wait: float = 60.0
     log_level: str = "INFO"
     metrics_port: int = 9100
     http_port: int = 8080  # the HTTP API and web page (server/http.py)
@@ -137,6 +169,7 @@ ENVIRONMENT = {
     "DCF_CHUNK_BYTES": "chunk_bytes",
     "DCF_MAX_INVOKE_BYTES": "max_invoke_bytes",
     "DCF_GRACE_SECONDS": "grace_seconds",
+    "DCF_STARTUP_WAIT": "startup_wait",
     "DCF_LOG_LEVEL": "log_level",
     "DCF_METRICS_PORT": "metrics_port",
     "DCF_HTTP_PORT": "http_port",
@@ -161,8 +194,11 @@ def _coerce(name: str, value: Any) -> Any:
     if name == "tokens":
         items = value.split(",") if isinstance(value, str) else value
         return tuple(t.strip() for t in items if t.strip())
-    if name == "grace_seconds":
-        return float(value)
+    if name in ("grace_seconds", "startup_wait"):
+        seconds = float(value)
+        if not 0 <= seconds < float("inf"):
+            raise ConfigError(f"{name}: expected seconds, 0 or more, got {value!r}")
+        return seconds
     return str(value)
 
 

@@ -16,13 +16,14 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import AsyncIterator, Iterator, Mapping
+from typing import AsyncIterator, Callable, Mapping
 
 import grpc
 
-from handlers.base import InvalidInput, NotFound, TooLarge
+from handlers.base import DeadlineExceeded, InvalidInput, NotFound, TooLarge
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from server import errors, stream
+from server.admission import Admission
 from server.config import FunctionConfig, Settings
 from server.metrics import Metrics
 from server.replay import ReplayableInput
@@ -34,12 +35,17 @@ log = logging.getLogger(__name__)
 
 REQUEST_ID = "x-request-id"
 DEFAULT_REPLAY_BYTES = 1 << 20
+# How often a call waiting for a starting worker checks that it is still starting.
+STARTING_POLL_SECONDS = 0.25
 
 
 class Gateway:
     """Routing, admission, retries and accounting shared by every front.
 
     dcf.v1 Call and Invoke and Open Inference's ModelInfer all end in ``call``.
+    ``starting(name)`` tells whether a worker of the function is on its way up (the
+    embedded default's supervisor knows); a call for such a function waits for it,
+    within ``startup_wait``, instead of failing while the model loads.
     """
 
     def __init__(
@@ -48,17 +54,24 @@ class Gateway:
         routes: Routes,
         metrics: Metrics | None = None,
         replay_bytes: int = DEFAULT_REPLAY_BYTES,
+        starting: Callable[[str], bool] = lambda name: False,
     ) -> None:
         self.settings = settings
         self.routes = routes
         self.metrics = metrics or Metrics()
         self.replay_bytes = replay_bytes
-        self._in_flight: dict[str, int] = {}
+        self._starting = starting
+        self._admissions = {
+            fn.name: Admission(fn.name, fn.max_concurrency, fn.queue_size)
+            for fn in settings.functions
+        }
+        for name, admission in self._admissions.items():
+            self.metrics.queue_depth.labels(name).set_function(lambda a=admission: a.waiting)
 
     @property
     def in_flight(self) -> int:
-        """Calls being served now, over all functions."""
-        return sum(self._in_flight.values())
+        """Calls being served or waiting for a slot now, over all functions."""
+        return sum(a.running + a.waiting for a in self._admissions.values())
 
     def resolve(self, name: str) -> FunctionConfig:
         fn = self.settings.function(name)
@@ -67,17 +80,15 @@ class Gateway:
             raise NotFound(f"no function named {name!r} (known: {known})")
         return fn
 
-    @contextlib.contextmanager
-    def admit(self, fn: FunctionConfig) -> Iterator[None]:
-        """Count a call against the function's concurrency limit, or refuse it."""
-        count = self._in_flight.get(fn.name, 0)
-        if fn.max_concurrency and count >= fn.max_concurrency:
-            raise TooLarge(f"{fn.name}: too many calls in flight (at most {fn.max_concurrency})")
-        self._in_flight[fn.name] = count + 1
-        try:
-            yield
-        finally:
-            self._in_flight[fn.name] -= 1
+    @contextlib.asynccontextmanager
+    async def admit(
+        self, fn: FunctionConfig, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[None]:
+        """Hold a slot of the function for the block, waiting in its queue if need be."""
+        async with self._admissions[fn.name].slot(context.time_remaining()) as waited:
+            self.metrics.queue_wait.labels(fn.name).observe(waited)
+            with self.metrics.running(fn.name):
+                yield
 
     async def call(
         self,
@@ -102,7 +113,7 @@ class Gateway:
                 raise InvalidInput("the request names no function")
             fn = self.resolve(header.function)
             label = fn.name
-            with self.admit(fn), self.metrics.running(fn.name):
+            async with self.admit(fn, context):
                 counted = _counted(chunks, fn, sizes)
                 async for response in self.relay(fn, header, counted, context, request_id):
                     sizes[1] += len(response.chunk) + len(response.result)
@@ -193,6 +204,7 @@ class Gateway:
         try:
             for attempt in (1, 2):
                 answered = False
+                await self._worker_up(fn, context)
                 try:
                     async for response in self._attempt(stub, fn, header, replay, context, request_id):
                         answered = True
@@ -210,6 +222,30 @@ class Gateway:
                     log.warning("call %s %s: %s; retrying once", request_id, fn.name, exc.message)
         finally:
             replay.close()
+
+    async def _worker_up(self, fn: FunctionConfig, context: grpc.aio.ServicerContext) -> None:
+        """Wait, within the deadline and ``startup_wait``, for a worker that is starting.
+
+        A function with no worker up and none starting (or none any more: it died
+        while we waited) is left to fail at once.
+        """
+        if self.routes.ready(fn.name) or not self._starting(fn.name):
+            return
+        loop = asyncio.get_running_loop()
+        remaining = context.time_remaining()
+        patience = self.settings.startup_wait
+        deadline_first = remaining is not None and remaining < patience
+        give_up = loop.time() + (remaining if deadline_first else patience)
+        while not await self.routes.wait_ready(fn.name, min(STARTING_POLL_SECONDS, give_up - loop.time())):
+            if not self._starting(fn.name):
+                return
+            if loop.time() >= give_up:
+                if deadline_first:
+                    raise DeadlineExceeded(f"{fn.name}: deadline exceeded while its worker starts")
+                raise errors.CallError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"{fn.name}: worker still starting after {patience:g} s",
+                )
 
     async def _attempt(
         self,

@@ -67,6 +67,7 @@ async def serve(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     in_flight: Callable[[], int] | None = None,
     max_connection_age_seconds: float | None = None,
+    ready: bool = True,
 ) -> AsyncIterator[Served]:
     """Start a server with ``adders``' servicers plus health and reflection; stop it on exit.
 
@@ -76,6 +77,8 @@ async def serve(
     health watches never end by themselves. ``max_connection_age_seconds`` makes
     clients reconnect now and then (streams in progress finish first), so a gateway
     balancing over a DNS name notices replicas added since it last resolved it.
+    With ``ready`` false the server's overall health (the "" service) starts
+    NOT_SERVING, for the caller to set once what it depends on is up.
     """
     options = [*message_options(max_message_bytes), ("grpc.so_reuseport", 0)]
     if max_connection_age_seconds:
@@ -99,7 +102,8 @@ async def serve(
         raise OSError(f"cannot listen on {address}")
     await server.start()
     served = Served(server=server, port=bound, health=health_servicer)
-    for name in ("", *names):
+    await served.set_serving("", ready)
+    for name in names:
         await served.set_serving(name, True)
     log.info("listening on %s:%d (%s)", host, bound, ", ".join(names))
     try:

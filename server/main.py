@@ -164,7 +164,14 @@ async def run_gateway(
     settings: Settings,
     stop: asyncio.Event | None = None,
     serving: asyncio.Future[int] | None = None,
+    local: Supervisor | None = None,
 ) -> int:
+    """The gateway until ``stop``; ``serving`` gets its port once it listens.
+
+    With ``local`` workers (the embedded default) the gateway's overall health and
+    its "serving" line wait until each of them answers, and calls for a function
+    whose worker is starting wait for it.
+    """
     stop = stop or _stop_event()
     routes = Routes(
         settings.functions, settings.max_invoke_bytes + MESSAGE_SLACK, worker_credentials(settings)
@@ -176,9 +183,12 @@ async def run_gateway(
         log.error("cannot serve metrics on port %d: %s", settings.metrics_port, exc.strerror)
         return 2
     log.info("metrics on http://%s:%d/metrics", settings.host, metrics_port)
-    gateway = Gateway(settings, routes, metrics)
+    gateway = Gateway(
+        settings, routes, metrics, starting=local.starting if local else lambda name: False
+    )
     servicer = GatewayServicer(gateway)
     inference = InferenceServicer(gateway)
+    awaited = set(local.names if local else ())
     try:
         async with serve(
             [
@@ -193,13 +203,28 @@ async def run_gateway(
             credentials=server_credentials(settings),
             interceptors=[TokenInterceptor(settings.tokens)] if settings.tokens else [],
             in_flight=lambda: gateway.in_flight,
+            ready=not awaited,
         ) as served:
-            watchers = [
-                asyncio.create_task(routes.watch(fn.name, served.set_serving))
-                for fn in settings.functions
-            ]
             names = ", ".join(fn.name for fn in settings.functions)
-            log.info("dcf gateway serving on %s:%d: %s", settings.host, served.port, names)
+
+            async def report(name: str, ready: bool) -> None:
+                await served.set_serving(name, ready)
+                if ready and name in awaited:
+                    awaited.discard(name)
+                    if not awaited:
+                        await served.set_serving("", True)
+                        log.info("dcf gateway serving on %s:%d: %s", settings.host, served.port, names)
+
+            watchers = [
+                asyncio.create_task(routes.watch(fn.name, report)) for fn in settings.functions
+            ]
+            if awaited:
+                log.info(
+                    "dcf gateway listening on %s:%d; waiting for workers: %s",
+                    settings.host, served.port, ", ".join(sorted(awaited)),
+                )
+            else:
+                log.info("dcf gateway serving on %s:%d: %s", settings.host, served.port, names)
             if serving is not None and not serving.done():
                 serving.set_result(served.port)
             await stop.wait()
@@ -227,12 +252,12 @@ async def run_embedded(settings: Settings, config_args: list[str], http: bool = 
     front = None
     try:
         if not http:
-            return await run_gateway(settings, stop)
+            return await run_gateway(settings, stop, local=supervisor)
         from server.http import serve_beside_gateway
 
         gateway_port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         front = asyncio.create_task(serve_beside_gateway(settings, stop, gateway_port))
-        code = await run_gateway(settings, stop, gateway_port)
+        code = await run_gateway(settings, stop, gateway_port, local=supervisor)
         stop.set()
         return code or await front
     finally:

@@ -37,6 +37,14 @@ class Metrics:
         self.in_flight = Gauge(
             "dcf_calls_in_flight", "Calls being served now.", ["function"], registry=self.registry,
         )
+        self.queue_depth = Gauge(
+            "dcf_queue_depth", "Calls waiting for a free slot of their function.", ["function"],
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "dcf_queue_wait_seconds", "Time a call waited for a free slot (0 when none waited).",
+            ["function"], buckets=(0.0, *LATENCY_BUCKETS), registry=self.registry,
+        )
 
     @contextlib.contextmanager
     def running(self, function: str) -> Iterator[None]:

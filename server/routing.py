@@ -7,6 +7,7 @@ leaves out the ones that are down, and spreads calls over the rest.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 from typing import Awaitable, Callable, Iterable
@@ -52,6 +53,10 @@ SERVICE_CONFIG = json.dumps(
 )
 
 
+# The first and the longest pause between connection attempts to a worker that is down.
+RECONNECT_BACKOFF_MS = (100, 1000)
+
+
 class Routes:
     """One channel and Worker stub per function, made once and shared by all calls."""
 
@@ -68,6 +73,12 @@ class Routes:
             *message_options(max_message_bytes),
             ("grpc.service_config", SERVICE_CONFIG),
             ("grpc.enable_retries", 0),
+            # A worker that is down is tried again at least every second, so one that
+            # comes up (a restart, a replica added) takes calls within a second;
+            # gRPC's own backoff grows to two minutes.
+            ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+            ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+            ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1]),
         ]
         for fn in functions:
             if not fn.workers:
@@ -104,6 +115,22 @@ class Routes:
             state = channel.get_state(try_to_connect=True)
             await report(name, state == grpc.ChannelConnectivity.READY)
             await channel.wait_for_state_change(state)
+
+    async def wait_ready(self, name: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for ``name`` to have a ready worker; True if it has."""
+        channel = self._channels.get(name)
+        if channel is None:
+            return False
+
+        async def connected() -> None:
+            while (state := channel.get_state(try_to_connect=True)) != grpc.ChannelConnectivity.READY:
+                await channel.wait_for_state_change(state)
+
+        try:
+            await asyncio.wait_for(connected(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     def ready(self, name: str) -> bool:
         channel = self._channels.get(name)

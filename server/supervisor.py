@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
+# A worker whose restart comes within this many seconds counts as starting: calls wait
+# for it. One that crashed again and again waits longer, and its calls fail at once.
+RESTART_SOON_SECONDS = 5.0
+
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0"}
 
 
@@ -27,6 +31,7 @@ class WorkerProcess:
     argv: list[str]
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
+    restart_at: float | None = None  # loop time of the restart it waits for, if it exited
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -59,6 +64,27 @@ class Supervisor:
             "--exit-with-parent", *config_args,
         ]
 
+    @property
+    def names(self) -> set[str]:
+        """The functions that have a worker here."""
+        return {worker.name for worker in self._workers}
+
+    def starting(self, name: str) -> bool:
+        """True while a worker of ``name`` runs, or will be restarted shortly.
+
+        Whether it is ready yet is the gateway's to see (its channel); this says
+        whether waiting for it makes sense.
+        """
+        now = asyncio.get_running_loop().time()
+        for worker in self._workers:
+            if worker.name != name or self._stopping:
+                continue
+            if worker.process is not None and worker.process.returncode is None:
+                return True
+            if worker.restart_at is not None and worker.restart_at - now <= RESTART_SOON_SECONDS:
+                return True
+        return False
+
     async def start(self) -> None:
         for worker in self._workers:
             worker.task = asyncio.create_task(self._keep(worker), name=f"supervise-{worker.name}")
@@ -69,6 +95,7 @@ class Supervisor:
             worker.process = await asyncio.create_subprocess_exec(
                 *worker.argv, env=self._environment
             )
+            worker.restart_at = None
             log.info("worker %s started (pid %d, port %d)", worker.name, worker.process.pid, worker.port)
             started = asyncio.get_running_loop().time()
             code = await worker.process.wait()
@@ -80,6 +107,7 @@ class Supervisor:
                 "worker %s exited with %s; restarting in %.1f s", worker.name, code, backoff
             )
             worker.restarts += 1
+            worker.restart_at = asyncio.get_running_loop().time() + backoff
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._max_backoff)
 

@@ -5,8 +5,11 @@ The servicer is an adapter. It reads the header, checks params, and starts a
 as they arrive and streams back what the handler yields. Handlers never run on the
 event loop, so health checks answer while a model computes.
 
-A worker takes at most ``concurrency`` calls at once (one thread each) and refuses
-the next with RESOURCE_EXHAUSTED rather than queueing without bound.
+A worker runs at most ``concurrency`` calls at once (one thread each); more wait
+their turn in a bounded queue (server/admission.py), and only a full queue refuses
+with RESOURCE_EXHAUSTED. The gateway queues too; the worker's own queue serves
+callers that reach it directly and absorbs the moment between a call's end at the
+gateway and its end here.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from typing import AsyncIterator
 
 import grpc
 
-from handlers.base import Function, TooLarge
+from handlers.base import Function, Params
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from server import errors, stream
+from server.admission import Admission
 from server.bridge import HandlerRun, Header
 from server.config import FunctionConfig, Settings
 
@@ -44,15 +48,15 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
         self._config = config
         self._function = function
         self._chunk_bytes = chunk_bytes
-        self._concurrency = concurrency
-        self._in_flight = 0
+        self._admission = Admission(config.name, concurrency, config.queue_size or concurrency)
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=concurrency, thread_name_prefix=f"handler-{config.name}"
         )
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        """Calls running or waiting for a thread."""
+        return self._admission.running + self._admission.waiting
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -71,21 +75,30 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
                     grpc.StatusCode.NOT_FOUND, f"this worker serves {name}, not {header.function}"
                 )
             params = stream.check_params(name, header.params, self._function.params)
-            if self._in_flight >= self._concurrency:
-                raise TooLarge(f"{name}: too many calls in flight (at most {self._concurrency})")
+            await self._admission.acquire(context.time_remaining())
         except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
             async for response in errors.fail_stream(context, exc, input_pending=True):
                 yield response
             return
+        try:
+            async for response in self._run(params, header.collect, request_iterator, context):
+                yield response
+        finally:
+            self._admission.release()
 
-        self._in_flight += 1
+    async def _run(
+        self,
+        params: Params,
+        collect: bool,
+        request_iterator: AsyncIterator[dcf_pb2.CallRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[dcf_pb2.CallResponse]:
+        """The call once it holds a thread: run the handler, relay its parts."""
         started = time.monotonic()
         outcome = "CANCELLED"  # unless the loop below ends otherwise
         loop = asyncio.get_running_loop()
         run = HandlerRun(loop)
-        thread = loop.run_in_executor(
-            self._executor, run.run, self._function, params, header.collect
-        )
+        thread = loop.run_in_executor(self._executor, run.run, self._function, params, collect)
         feeder = asyncio.create_task(self._feed(run, request_iterator))
         failure: BaseException | None = None
         try:
@@ -111,11 +124,11 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
             run.abort()
             input_pending = not feeder.done()
             feeder.cancel()
-            self._in_flight -= 1
             thread.add_done_callback(_log_thread_error)
             log.info(
                 "call %s %s %s %.1f ms",
-                _request_id(context), name, outcome, (time.monotonic() - started) * 1000,
+                _request_id(context), self._config.name, outcome,
+                (time.monotonic() - started) * 1000,
             )
         if failure is not None:
             async for response in errors.fail_stream(context, failure, input_pending):

@@ -9,7 +9,8 @@ import pytest
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from server.testing import ROOT, Service, free_port, start_service, wait_serving  # noqa: F401
 
-# A function that raises, and one with a small input limit, beside the real ones.
+# A function that raises, one with a small input limit, and one with a tiny queue,
+# beside the real ones.
 TEST_FUNCTIONS = {
     "faulty": {
         "handler": "tests.fixture_handlers",
@@ -19,6 +20,12 @@ TEST_FUNCTIONS = {
         "handler": "handlers.hello",
         "description": "hello-dcf with a 1 MiB input limit (tests only)",
         "max_input_bytes": "1MiB",
+    },
+    "echo-queue": {
+        "handler": "handlers.hello",
+        "description": "hello-dcf, one call at a time and one waiting (tests only)",
+        "max_concurrency": 1,
+        "max_queue": 1,
     },
 }
 

@@ -38,6 +38,14 @@ def calls_in(log: Path) -> int:
     return log.read_text().count(" hello-dcf OK ")
 
 
+def wait_until(condition, what: str, timeout: float = 30.0) -> None:
+    """Wait for ``condition`` (polled), failing with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 @contextmanager
 def two_replicas(tmp_path: Path):
     ports = [free_port(), free_port()]
@@ -62,11 +70,16 @@ def test_replicas_share_calls_survive_a_kill_and_rejoin(tmp_path):
     with two_replicas(tmp_path) as (address, workers, ports, logs):
         with grpc.insecure_channel(address) as channel:
             stub = dcf_pb2_grpc.GatewayStub(channel)
-            stub.Invoke(dcf_pb2.InvokeRequest(function="hello-dcf", input=b"warm up"))
-            time.sleep(1)  # round_robin connects to every replica in the background
+            # round_robin connects to every replica in the background: wait until both answer.
+            def warm() -> bool:
+                stub.Invoke(dcf_pb2.InvokeRequest(function="hello-dcf", input=b"warm up"))
+                return calls_in(logs[0]) > 0 and calls_in(logs[1]) > 0
+
+            wait_until(warm, "both replicas to take calls")
+            before = calls_in(logs[0]) + calls_in(logs[1])
             for i in range(40):
                 assert stub.Invoke(dcf_pb2.InvokeRequest(function="hello-dcf", input=b"%d" % i)).output == b"%d" % i
-            time.sleep(0.3)  # the workers' log lines
+            wait_until(lambda: calls_in(logs[0]) + calls_in(logs[1]) >= before + 40, "the log lines")
             assert calls_in(logs[0]) >= 5 and calls_in(logs[1]) >= 5, "round robin over both"
 
             # Load from 8 threads; kill replica A in the middle of it.
@@ -87,7 +100,7 @@ def test_replicas_share_calls_survive_a_kill_and_rejoin(tmp_path):
             threads = [threading.Thread(target=load) for _ in range(8)]
             for thread in threads:
                 thread.start()
-            time.sleep(1)
+            wait_until(lambda: len(outcomes) >= 20, "the load to get going")
             workers[0].kill()
             for thread in threads:
                 thread.join(timeout=20)
@@ -243,9 +256,12 @@ def test_request_id_reaches_the_caller_and_the_worker_log(dcf, stub):
     with pytest.raises(grpc.RpcError) as err:
         stub.Invoke(dcf_pb2.InvokeRequest(function="no-such"), metadata=(("x-request-id", "lost-1"),))
     assert ("x-request-id", "lost-1") in err.value.trailing_metadata()
-    time.sleep(0.3)
-    lines = [line for line in dcf.log.read_text().splitlines() if "trace-me-42" in line]
-    assert len(lines) == 2, lines  # the gateway's line and the worker's
+
+    def lines() -> list[str]:
+        return [line for line in dcf.log.read_text().splitlines() if "trace-me-42" in line]
+
+    wait_until(lambda: len(lines()) >= 2, "the gateway's and the worker's log lines")
+    assert len(lines()) == 2, lines()  # the gateway's line and the worker's, and no other
 
 
 def test_sigterm_lets_a_streaming_call_finish(tmp_path):
