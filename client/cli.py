@@ -3,11 +3,12 @@
     python -m client call NAME [-p KEY=VALUE ...] [FILE]    stream FILE (or stdin), print the result
     python -m client list                                    the functions, one a line
 
-Options (before or after the subcommand): --address (default $DCF_ADDRESS, else
-127.0.0.1:50051), --timeout SECONDS. Results go to standard output as they arrive:
-text and JSON as text, partial results (ssd-video's frames) as JSON lines, binary
-results (PNG) as raw bytes, or base64 with --base64. Errors go to standard error as
-one line, ``error: <STATUS>: <message>``, with a non-zero exit status.
+Options and positionals go in any order, before or after the command:
+--address (default $DCF_ADDRESS, else 127.0.0.1:50051), --timeout SECONDS, --ca, --token.
+Results go to standard output as they arrive: text and JSON as text, partial results
+(ssd-video's frames) as JSON lines, binary results (PNG) as raw bytes, or base64 with
+--base64. Errors go to standard error as one line, ``error: <STATUS>: <message>``, with a
+non-zero exit status.
 """
 
 from __future__ import annotations
@@ -26,50 +27,105 @@ from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 CHUNK_BYTES = 1 << 20
 PROGRESS_MIN_BYTES = 8 << 20
+COMMANDS = {"call": "call a function", "list": "list the functions"}
+_USAGE = {
+    "call": "python -m client call NAME [FILE] [-p KEY=VALUE ...] [--base64] [--local] [options]",
+    "list": "python -m client list [options]",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    def connection(suppress: bool) -> argparse.ArgumentParser:
-        # The same options on the main parser and on each subcommand; the
-        # subcommand's copy only overrides when given (SUPPRESS).
-        parent = argparse.ArgumentParser(add_help=False)
-        default = (lambda value: argparse.SUPPRESS) if suppress else (lambda value: value)
-        parent.add_argument(
-            "--address",
-            default=default(os.environ.get("DCF_ADDRESS", DEFAULT_ADDRESS)),
-            help="gateway HOST:PORT (default $DCF_ADDRESS or 127.0.0.1:50051)",
-        )
-        parent.add_argument(
-            "--timeout", type=float, default=default(None), help="deadline in seconds"
-        )
-        parent.add_argument(
-            "--ca",
-            default=default(os.environ.get("DCF_TLS_CA") or None),
-            help="speak TLS, trusting this CA certificate (PEM; default $DCF_TLS_CA)",
-        )
-        parent.add_argument(
-            "--token",
-            default=default(os.environ.get("DCF_TOKEN") or None),
-            help="bearer token for a gateway that requires one (default $DCF_TOKEN)",
-        )
-        return parent
-
-    parser = argparse.ArgumentParser(
-        prog="python -m client", description="Call dcf functions.", parents=[connection(False)]
+def _add_connection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("DCF_ADDRESS", DEFAULT_ADDRESS),
+        metavar="HOST:PORT",
+        help="the gateway (default $DCF_ADDRESS, else 127.0.0.1:50051)",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    call = commands.add_parser("call", parents=[connection(True)], help="call a function")
-    call.add_argument("function", help="the function's name, e.g. hello-dcf, ssd")
-    call.add_argument("file", nargs="?", help="input file (default: standard input)")
-    call.add_argument(
-        "-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="a param (repeatable)"
+    parser.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="a deadline for the call, in seconds"
     )
-    call.add_argument("--base64", action="store_true", help="print the result as base64")
-    call.add_argument(
+    parser.add_argument(
+        "--ca",
+        default=os.environ.get("DCF_TLS_CA") or None,
+        metavar="PEM",
+        help="speak TLS, trusting this CA certificate (default $DCF_TLS_CA)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("DCF_TOKEN") or None,
+        help="bearer token for a gateway that requires one (default $DCF_TOKEN)",
+    )
+
+
+def _add_call_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+        help="a param (repeatable)",
+    )
+    parser.add_argument("--base64", action="store_true", help="print the result as base64")
+    parser.add_argument(
         "--local", action="store_true", help="run the function in this process, with no server"
     )
-    commands.add_parser("list", parents=[connection(True)], help="list the functions")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of one command, or with None the top-level one (help, and a missing command).
+
+    Each command has a flat parser of its own, the command word being its first
+    positional, so that ``parse_intermixed_args`` can take options and positionals
+    in any order: argparse's subparsers cannot be intermixed, and with them an
+    optional FILE after ``-p`` was "unrecognized".
+    """
+    if command is None:
+        parser = argparse.ArgumentParser(
+            prog="python -m client",
+            usage="python -m client [options] {call,list} ...",
+            description="Call dcf functions. Options go before or after the command, in any order.",
+            epilog="\n".join(f"  {_USAGE[name]}\n      {text}" for name, text in COMMANDS.items()),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        parser.add_argument("command", choices=list(COMMANDS), help="call or list")
+        _add_connection_options(parser)
+        return parser
+    parser = argparse.ArgumentParser(
+        prog=f"python -m client {command}", usage=_USAGE[command], description=COMMANDS[command]
+    )
+    parser.add_argument("command", choices=[command], help=argparse.SUPPRESS)
+    if command == "call":
+        parser.add_argument(
+            "function", metavar="NAME", help="the function's name, e.g. hello-dcf, ssd"
+        )
+        parser.add_argument(
+            "file", metavar="FILE", nargs="?", help="input file (default: standard input)"
+        )
+        _add_call_options(parser)
+    _add_connection_options(parser)
     return parser
+
+
+def find_command(argv: Sequence[str]) -> str | None:
+    """The command word: the first positional, once every option has taken its value."""
+    scout = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    _add_connection_options(scout)
+    _add_call_options(scout)
+    scout.add_argument("words", nargs="*")
+    try:
+        words = scout.parse_known_intermixed_args(argv)[0].words
+    except argparse.ArgumentError:
+        # An option without its value, or a bad one: the command's own parser says which.
+        words = [word for word in argv if word in COMMANDS]
+    return words[0] if words and words[0] in COMMANDS else None
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``call NAME FILE -p k=v``, ``call -p k=v NAME FILE``, ``--address A call ...`` alike."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = find_command(argv)
+    if command is None:
+        top = build_parser()
+        top.parse_args(argv)  # prints the help, or the error, and exits
+        top.error("a command is required: call or list")
+    return build_parser(command).parse_intermixed_args(argv)
 
 
 def parse_params(items: Iterable[str]) -> dict[str, str]:
@@ -88,7 +144,10 @@ def read_chunks(source: BinaryIO, size: int | None) -> Iterator[bytes]:
     if sys.stderr.isatty() and (size is None or size >= PROGRESS_MIN_BYTES):
         from tqdm import tqdm
 
-        progress = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, leave=False)
+        progress = tqdm(
+            total=size, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+            leave=False,
+        )
     try:
         while chunk := source.read(CHUNK_BYTES):
             if progress is not None:
@@ -99,7 +158,9 @@ def read_chunks(source: BinaryIO, size: int | None) -> Iterator[bytes]:
             progress.close()
 
 
-def _requests(function: str, params: dict[str, str], chunks: Iterable[bytes]) -> Iterator[dcf_pb2.CallRequest]:
+def _requests(
+    function: str, params: dict[str, str], chunks: Iterable[bytes]
+) -> Iterator[dcf_pb2.CallRequest]:
     header = dcf_pb2.CallHeader(function=function)
     header.params.update(params)
     yield dcf_pb2.CallRequest(header=header)
@@ -122,7 +183,9 @@ def call_metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {args.token}"),) if args.token else ()
 
 
-def call_remote(args: argparse.Namespace, params: dict[str, str], chunks: Iterable[bytes], out: Output) -> None:
+def call_remote(
+    args: argparse.Namespace, params: dict[str, str], chunks: Iterable[bytes], out: Output
+) -> None:
     with open_channel(args) as channel:
         stub = dcf_pb2_grpc.GatewayStub(channel)
         requests = _requests(args.function, params, chunks)
@@ -139,7 +202,9 @@ def call_remote(args: argparse.Namespace, params: dict[str, str], chunks: Iterab
     out.end()
 
 
-def call_local(args: argparse.Namespace, params: dict[str, str], chunks: Iterable[bytes], out: Output) -> None:
+def call_local(
+    args: argparse.Namespace, params: dict[str, str], chunks: Iterable[bytes], out: Output
+) -> None:
     from server.config import load_settings
     from server.local import run_local
 
@@ -182,7 +247,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         run(args)
     except grpc.RpcError as exc:
@@ -203,6 +268,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if isinstance(exc, FunctionError):
             print(f"error: {exc.status}: {exc.message}", file=sys.stderr)
+            return 1
+        if getattr(args, "local", False):
+            # A fault in the handler: one line, as a worker's would be. Being local, the
+            # message goes nowhere but to the user, so it names the fault.
+            fault = f"{type(exc).__name__}: {exc}"
+            print(f"error: INTERNAL: internal error in the function: {fault}", file=sys.stderr)
             return 1
         raise
     return 0

@@ -1,0 +1,1 @@
+"""The documentation as a tested contract: its examples, run as written."""
