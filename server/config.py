@@ -43,6 +43,17 @@ def _count(value: Any, name: str) -> int:
     return count
 
 
+def _seconds(value: Any, name: str) -> float:
+    """A finite, positive number of seconds."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected seconds, got {value!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"{name}: expected seconds above 0, got {value!r}")
+    return seconds
+
+
 def parse_size(value: int | str, name: str) -> int:
     """Bytes from an int or a string such as '64MiB', '1G' or '512k' (binary units)."""
     if isinstance(value, bool):
@@ -73,6 +84,9 @@ class FunctionConfig:
     max_concurrency: int = 0  # 0: no limit
     # Calls that may wait for a free slot once max_concurrency run; None: a few rounds' worth.
     max_queue: int | None = None
+    # The longest a call may take, queue included: the deadline of calls that give none,
+    # and the ceiling of those that give a longer one. None: the server's max_call_seconds.
+    max_call_seconds: float | None = None
     workers: tuple[str, ...] = ()
     params: Mapping[str, str] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -112,6 +126,10 @@ class FunctionConfig:
                 None if entry.get("max_queue") is None
                 else _count(entry["max_queue"], f"{name}.max_queue")
             ),
+            max_call_seconds=(
+                None if entry.get("max_call_seconds") is None
+                else _seconds(entry["max_call_seconds"], f"{name}.max_call_seconds")
+            ),
             workers=tuple(str(w) for w in workers),
             params={str(k): str(v) for k, v in (entry.get("params") or {}).items()},
             options=dict(entry.get("options") or {}),
@@ -129,11 +147,20 @@ class Settings:
     grace_seconds: float = 10.0
     # How long a call may wait for a local worker that is starting (embedded default).
     startup_wait: float = 60.0
+    # The longest a call may take, for functions whose entry names no max_call_seconds.
+    max_call_seconds: float = 600.0
+    # An upload that sends nothing for this long, or less than min_input_bytes_per_second
+    # over a window once past a short grace, ends with DEADLINE_EXCEEDED (0: no rate).
+    input_idle_seconds: float = 30.0
+    min_input_bytes_per_second: int = 1024
     log_level: str = "INFO"
     metrics_port: int = 9100
     http_port: int = 8080  # the HTTP API and web page (server/http.py)
     # Bearer tokens the gateway accepts; none: no token needed.
     tokens: tuple[str, ...] = ()
+    # The credential between the gateway and its workers: the gateway sends it, workers
+    # require it. Callers' tokens never reach the workers.
+    worker_token: str = ""
     # TLS for this role's server (PEM paths); with tls_client_ca, clients need a cert too.
     tls_cert: str = ""
     tls_key: str = ""
@@ -141,6 +168,10 @@ class Settings:
     # TLS from the gateway to its workers: the CA they are trusted by.
     worker_ca: str = ""
     functions: tuple[FunctionConfig, ...] = ()
+
+    def call_seconds(self, fn: FunctionConfig) -> float:
+        """The longest a call of ``fn`` may take."""
+        return fn.max_call_seconds or self.max_call_seconds
 
     def function(self, name: str) -> FunctionConfig | None:
         """The registry entry called ``name`` or having it as an alias."""
@@ -170,17 +201,21 @@ ENVIRONMENT = {
     "DCF_MAX_INVOKE_BYTES": "max_invoke_bytes",
     "DCF_GRACE_SECONDS": "grace_seconds",
     "DCF_STARTUP_WAIT": "startup_wait",
+    "DCF_MAX_CALL_SECONDS": "max_call_seconds",
+    "DCF_INPUT_IDLE_SECONDS": "input_idle_seconds",
+    "DCF_MIN_INPUT_BYTES_PER_SECOND": "min_input_bytes_per_second",
     "DCF_LOG_LEVEL": "log_level",
     "DCF_METRICS_PORT": "metrics_port",
     "DCF_HTTP_PORT": "http_port",
     "DCF_TOKENS": "tokens",
+    "DCF_WORKER_TOKEN": "worker_token",
     "DCF_TLS_CERT": "tls_cert",
     "DCF_TLS_KEY": "tls_key",
     "DCF_TLS_CLIENT_CA": "tls_client_ca",
     "DCF_WORKER_CA": "worker_ca",
 }
 # Settings that only the environment or flags give: secrets stay out of the file.
-SECRET_SETTINGS = {"tokens"}
+SECRET_SETTINGS = {"tokens", "worker_token"}
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -199,6 +234,10 @@ def _coerce(name: str, value: Any) -> Any:
         if not 0 <= seconds < float("inf"):
             raise ConfigError(f"{name}: expected seconds, 0 or more, got {value!r}")
         return seconds
+    if name in ("max_call_seconds", "input_idle_seconds"):
+        return _seconds(value, name)
+    if name == "min_input_bytes_per_second":
+        return _count(value, name)
     return str(value)
 
 

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from typing import AsyncIterator, Callable, Mapping
 
 import grpc
@@ -24,19 +23,35 @@ from handlers.base import DeadlineExceeded, InvalidInput, NotFound, TooLarge
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from server import errors, stream
 from server.admission import Admission
+from server.callinfo import REQUEST_ID, loggable, request_id_of
 from server.config import FunctionConfig, Settings
 from server.metrics import Metrics
+from server.pace import paced
 from server.replay import ReplayableInput
 from server.routing import Routes
 from server.upstream import UpstreamReader
 
 log = logging.getLogger(__name__)
 
-
-REQUEST_ID = "x-request-id"
 DEFAULT_REPLAY_BYTES = 1 << 20
 # How often a call waiting for a starting worker checks that it is still starting.
 STARTING_POLL_SECONDS = 0.25
+
+
+class Deadline:
+    """When a call must end: the caller's deadline, or its function's ceiling if sooner.
+
+    A caller that gives no deadline gets the ceiling (``max_call_seconds``); one that
+    asks for longer is held to it, not refused.
+    """
+
+    def __init__(self, context: grpc.aio.ServicerContext, ceiling: float) -> None:
+        remaining = context.time_remaining()
+        self.seconds = ceiling if remaining is None else min(remaining, ceiling)
+        self._end = time.monotonic() + self.seconds
+
+    def left(self) -> float:
+        return max(0.0, self._end - time.monotonic())
 
 
 class Gateway:
@@ -61,6 +76,10 @@ class Gateway:
         self.metrics = metrics or Metrics()
         self.replay_bytes = replay_bytes
         self._starting = starting
+        # What opens the workers' door: the internal token, never a caller's.
+        self._door = (
+            (("authorization", f"Bearer {settings.worker_token}"),) if settings.worker_token else ()
+        )
         self._admissions = {
             fn.name: Admission(fn.name, fn.max_concurrency, fn.queue_size)
             for fn in settings.functions
@@ -81,11 +100,9 @@ class Gateway:
         return fn
 
     @contextlib.asynccontextmanager
-    async def admit(
-        self, fn: FunctionConfig, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[None]:
+    async def admit(self, fn: FunctionConfig, deadline: Deadline) -> AsyncIterator[None]:
         """Hold a slot of the function for the block, waiting in its queue if need be."""
-        async with self._admissions[fn.name].slot(context.time_remaining()) as waited:
+        async with self._admissions[fn.name].slot(deadline.left()) as waited:
             self.metrics.queue_wait.labels(fn.name).observe(waited)
             with self.metrics.running(fn.name):
                 yield
@@ -103,7 +120,7 @@ class Gateway:
         same id. Trailing, because forcing initial metadata out costs a round of its
         own per call (7% of the gateway's time at 32 calls at once).
         """
-        request_id = _request_id(context)
+        request_id = request_id_of(context.invocation_metadata())
         context.set_trailing_metadata(((REQUEST_ID, request_id),))
         started = time.monotonic()
         label, code = "unknown", "OK"
@@ -113,9 +130,10 @@ class Gateway:
                 raise InvalidInput("the request names no function")
             fn = self.resolve(header.function)
             label = fn.name
-            async with self.admit(fn, context):
-                counted = _counted(chunks, fn, sizes)
-                async for response in self.relay(fn, header, counted, context, request_id):
+            deadline = Deadline(context, self.settings.call_seconds(fn))
+            async with self.admit(fn, deadline):
+                counted = self._counted(chunks, fn, sizes)
+                async for response in self.relay(fn, header, counted, deadline, request_id):
                     sizes[1] += len(response.chunk) + len(response.result)
                     yield response
         except BaseException as exc:
@@ -124,13 +142,26 @@ class Gateway:
         finally:
             self._account(request_id, header.function or "-", label, code, started, sizes)
 
+    async def _counted(
+        self, chunks: AsyncIterator[bytes], fn: FunctionConfig, sizes: list[int]
+    ) -> AsyncIterator[bytes]:
+        """The input, counted into ``sizes[0]``: TooLarge the moment it passes the limit,
+        DeadlineExceeded when the caller idles or crawls (server/pace.py)."""
+        settings = self.settings
+        watched = paced(
+            chunks, fn.name, settings.input_idle_seconds, settings.min_input_bytes_per_second
+        )
+        async for chunk in stream.limited(watched, fn.name, fn.max_input_bytes):
+            sizes[0] += len(chunk)
+            yield chunk
+
     def refused(self, name: str, exc: BaseException, context: grpc.aio.ServicerContext) -> None:
         """Account for a call a front refused before it reached ``call``.
 
         Open Inference decodes its tensors first; a malformed one still counts as a
         call of its function, with a request id, as a refusal inside ``call`` would.
         """
-        request_id = _request_id(context)
+        request_id = request_id_of(context.invocation_metadata())
         context.set_trailing_metadata(((REQUEST_ID, request_id),))
         fn = self.settings.function(name) if name else None
         label = fn.name if fn is not None else "unknown"
@@ -147,7 +178,7 @@ class Gateway:
         self.metrics.bytes_out.labels(label).inc(sizes[1])
         log.info(
             "call %s %s %s %.1f ms in=%d out=%d",
-            request_id, name, code, elapsed * 1000, sizes[0], sizes[1],
+            request_id, loggable(name), code, elapsed * 1000, sizes[0], sizes[1],
         )
 
     async def invoke(
@@ -186,7 +217,7 @@ class Gateway:
         fn: FunctionConfig,
         header: dcf_pb2.CallHeader,
         chunks: AsyncIterator[bytes],
-        context: grpc.aio.ServicerContext,
+        deadline: Deadline,
         request_id: str = "",
     ) -> AsyncIterator[dcf_pb2.CallResponse]:
         """Stream ``chunks`` to a worker of ``fn`` and yield its responses.
@@ -204,9 +235,9 @@ class Gateway:
         try:
             for attempt in (1, 2):
                 answered = False
-                await self._worker_up(fn, context)
+                await self._worker_up(fn, deadline)
                 try:
-                    async for response in self._attempt(stub, fn, header, replay, context, request_id):
+                    async for response in self._attempt(stub, fn, header, replay, deadline, request_id):
                         answered = True
                         yield response
                     return
@@ -223,7 +254,7 @@ class Gateway:
         finally:
             replay.close()
 
-    async def _worker_up(self, fn: FunctionConfig, context: grpc.aio.ServicerContext) -> None:
+    async def _worker_up(self, fn: FunctionConfig, deadline: Deadline) -> None:
         """Wait, within the deadline and ``startup_wait``, for a worker that is starting.
 
         A function with no worker up and none starting (or none any more: it died
@@ -232,9 +263,9 @@ class Gateway:
         if self.routes.ready(fn.name) or not self._starting(fn.name):
             return
         loop = asyncio.get_running_loop()
-        remaining = context.time_remaining()
+        remaining = deadline.left()
         patience = self.settings.startup_wait
-        deadline_first = remaining is not None and remaining < patience
+        deadline_first = remaining < patience
         give_up = loop.time() + (remaining if deadline_first else patience)
         while not await self.routes.wait_ready(fn.name, min(STARTING_POLL_SECONDS, give_up - loop.time())):
             if not self._starting(fn.name):
@@ -253,11 +284,11 @@ class Gateway:
         fn: FunctionConfig,
         header: dcf_pb2.CallHeader,
         replay: ReplayableInput,
-        context: grpc.aio.ServicerContext,
+        deadline: Deadline,
         request_id: str,
     ) -> AsyncIterator[dcf_pb2.CallResponse]:
         """One streaming call to one worker, relaying both ways at once."""
-        call = stub.Call(timeout=context.time_remaining(), metadata=((REQUEST_ID, request_id),))
+        call = stub.Call(timeout=deadline.left(), metadata=((REQUEST_ID, request_id), *self._door))
         upstream = asyncio.create_task(self._send(call, fn, header, replay.chunks()))
         answer = UpstreamReader(call)
         try:
@@ -310,9 +341,9 @@ class Gateway:
         self, fn: FunctionConfig, code: grpc.StatusCode, details: str
     ) -> errors.CallError:
         if code == grpc.StatusCode.UNAVAILABLE:
-            return errors.CallError(
-                code, f"{fn.name}: worker unavailable ({self.routes.target(fn.name)})"
-            )
+            # Where the workers are is for the log, not for callers.
+            log.warning("%s: worker unavailable at %s: %s", fn.name, self.routes.target(fn.name), details)
+            return errors.CallError(code, f"{fn.name}: worker unavailable")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return errors.CallError(code, f"{fn.name}: deadline exceeded")
         return errors.CallError(code, details or code.name)
@@ -388,17 +419,3 @@ async def _aiter(items: list[memoryview]) -> AsyncIterator[bytes]:
         yield bytes(item)
 
 
-async def _counted(
-    chunks: AsyncIterator[bytes], fn: FunctionConfig, sizes: list[int]
-) -> AsyncIterator[bytes]:
-    """The input, counted into ``sizes[0]``; TooLarge the moment it passes the limit."""
-    async for chunk in stream.limited(chunks, fn.name, fn.max_input_bytes):
-        sizes[0] += len(chunk)
-        yield chunk
-
-
-def _request_id(context: grpc.aio.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID and value:
-            return str(value)[:64]
-    return uuid.uuid4().hex[:16]

@@ -13,15 +13,92 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, AsyncIterator, Callable, Iterable, Sequence
 
 import grpc
+from google.protobuf import message as protobuf_message
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger(__name__)
 
 Adder = Callable[[grpc.aio.Server], None]
+
+
+class Malformed:
+    """What a request that is not a valid message of its type decodes to.
+
+    gRPC would answer a message that fails to parse with UNKNOWN; it is the caller's
+    bad input, INVALID_ARGUMENT. Unary methods are refused before the servicer runs;
+    a stream hands this to the servicer, whose framing (server/stream.py) refuses it.
+    """
+
+    def __init__(self, type_name: str) -> None:
+        self.message = f"a request message is not a valid {type_name}"
+
+    def WhichOneof(self, _group: str) -> None:  # noqa: N802 - the protobuf message API
+        return None
+
+
+def _tolerant(parse: Callable[[bytes], Any], type_name: str) -> Callable[[bytes], Any]:
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except protobuf_message.DecodeError:
+            return Malformed(type_name)
+
+    return deserialize
+
+
+def _refusing_malformed(behaviour: Callable[..., Any], streaming_response: bool) -> Callable[..., Any]:
+    """A unary-request method that answers INVALID_ARGUMENT to a malformed request."""
+    if streaming_response:
+        async def stream_out(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if isinstance(request, Malformed):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            async for response in behaviour(request, context):
+                yield response
+
+        return stream_out
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return await behaviour(request, context)
+
+    return unary
+
+
+def servicer_adder(servicer: object, service: ServiceDescriptor) -> Adder:
+    """Registers ``servicer``'s methods for ``service``, malformed requests refused as
+    INVALID_ARGUMENT (the generated ``add_..._to_server`` would let them be UNKNOWN)."""
+    makers = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    handlers = {}
+    for method in service.methods:
+        request = message_factory.GetMessageClass(method.input_type)
+        response = message_factory.GetMessageClass(method.output_type)
+        behaviour = getattr(servicer, method.name)
+        if not method.client_streaming:
+            behaviour = _refusing_malformed(behaviour, method.server_streaming)
+        handlers[method.name] = makers[method.client_streaming, method.server_streaming](
+            behaviour,
+            request_deserializer=_tolerant(request.FromString, method.input_type.full_name),
+            response_serializer=response.SerializeToString,
+        )
+    generic = grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+    def add(server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers((generic,))
+        server.add_registered_method_handlers(service.full_name, handlers)
+
+    return add
 
 
 def message_options(max_message_bytes: int) -> list[tuple[str, int]]:

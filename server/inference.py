@@ -26,7 +26,8 @@ from server import inference_codec as codec
 from server.config import FunctionConfig
 from server.gateway import Gateway
 
-SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+SERVICE = SERVICE_DESCRIPTOR.full_name
 SERVER_NAME = "dcf"
 
 
@@ -107,6 +108,3 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await errors.abort(context, exc)
             raise  # unreachable: abort raises
 
-
-def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)

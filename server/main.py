@@ -18,19 +18,24 @@ import argparse
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import sys
+from dataclasses import replace
 from typing import Sequence
 
 from handlers.base import FunctionError
-from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
+from protos.dcf.v1 import dcf_pb2
 from server.config import ConfigError, Settings, load_settings, parse_route
 from server.gateway import Gateway, GatewayServicer
-from server.grpc_server import serve
-from server.inference import SERVICE as INFERENCE_SERVICE, InferenceServicer, add_to_server
+from server.grpc_server import serve, servicer_adder
+from server.inference import SERVICE as INFERENCE_SERVICE, InferenceServicer
+from server.inference import SERVICE_DESCRIPTOR as INFERENCE_DESCRIPTOR
 from server.metrics import Metrics
 from server.routing import Routes
-from server.security import TokenInterceptor, server_credentials, worker_credentials
+from server.security import (
+    RefusalLog, TokenInterceptor, server_credentials, worker_credentials,
+)
 from server.supervisor import Supervisor, WorkerProcess, local_port
 from server.worker import worker_servicer
 
@@ -141,13 +146,17 @@ async def run_worker(
     watchdog = asyncio.create_task(_watch_parent(stop)) if exit_with_parent else None
     try:
         async with serve(
-            [lambda server: dcf_pb2_grpc.add_WorkerServicer_to_server(servicer, server)],
+            [servicer_adder(servicer, dcf_pb2.DESCRIPTOR.services_by_name["Worker"])],
             [WORKER_SERVICE],
             settings.host,
             port,
             settings.chunk_bytes + MESSAGE_SLACK,
             settings.grace_seconds,
             credentials=server_credentials(settings),
+            interceptors=(
+                [TokenInterceptor([settings.worker_token], RefusalLog(f"worker {name}"))]
+                if settings.worker_token else []
+            ),
             in_flight=lambda: servicer.in_flight,
             max_connection_age_seconds=WORKER_CONNECTION_AGE_SECONDS,
         ):
@@ -176,6 +185,12 @@ async def run_gateway(
     routes = Routes(
         settings.functions, settings.max_invoke_bytes + MESSAGE_SLACK, worker_credentials(settings)
     )
+    if settings.tokens and not (settings.worker_token or settings.worker_ca):
+        log.warning(
+            "callers need a token but the workers do not: set DCF_WORKER_TOKEN (or mutual "
+            "TLS with DCF_WORKER_CA) on the gateway and its workers, or anyone who reaches "
+            "a worker's port skips the gateway's checks"
+        )
     metrics = Metrics()
     try:
         metrics_port = metrics.serve(settings.host, settings.metrics_port)
@@ -192,8 +207,8 @@ async def run_gateway(
     try:
         async with serve(
             [
-                lambda server: dcf_pb2_grpc.add_GatewayServicer_to_server(servicer, server),
-                lambda server: add_to_server(inference, server),
+                servicer_adder(servicer, dcf_pb2.DESCRIPTOR.services_by_name["Gateway"]),
+                servicer_adder(inference, INFERENCE_DESCRIPTOR),
             ],
             [GATEWAY_SERVICE, INFERENCE_SERVICE],
             settings.host,
@@ -201,7 +216,13 @@ async def run_gateway(
             settings.max_invoke_bytes + MESSAGE_SLACK,
             settings.grace_seconds,
             credentials=server_credentials(settings),
-            interceptors=[TokenInterceptor(settings.tokens)] if settings.tokens else [],
+            interceptors=(
+                [TokenInterceptor(
+                    settings.tokens,
+                    RefusalLog("gateway", lambda code: metrics.token_refusals.labels(code).inc()),
+                )]
+                if settings.tokens else []
+            ),
             in_flight=lambda: gateway.in_flight,
             ready=not awaited,
         ) as served:
@@ -244,9 +265,11 @@ async def run_embedded(settings: Settings, config_args: list[str], http: bool = 
         if port is not None:
             argv = Supervisor.command(fn.name, port, config_args)
             workers.append(WorkerProcess(name=fn.name, port=port, argv=argv))
-    # Local workers speak TLS only when the gateway is told how to trust them.
-    plaintext_workers = not settings.worker_ca
-    supervisor = Supervisor(workers, environment=worker_environment(plaintext_workers))
+    if settings.tokens and not settings.worker_token and not settings.worker_ca:
+        # Callers need a token: so does every way to the workers. One made up now
+        # serves as long as these processes live.
+        settings = replace(settings, worker_token=secrets.token_urlsafe(32))
+    supervisor = Supervisor(workers, environment=worker_environment(settings))
     stop = _stop_event()
     await supervisor.start()
     front = None
@@ -274,10 +297,18 @@ async def run_http(settings: Settings, gateway: str | None, gateway_ca: str | No
     return await serve_role(settings, address, gateway_ca or "", _stop_event())
 
 
-def worker_environment(plaintext: bool) -> dict[str, str]:
-    """The environment of local worker processes: the gateway's, less its TLS if plaintext."""
+def worker_environment(settings: Settings) -> dict[str, str]:
+    """The environment of local worker processes: the gateway's, less what is not theirs.
+
+    Callers' tokens stay with the gateway; the workers get the internal token. Local
+    workers speak TLS only when the gateway is told how to trust them.
+    """
     environment = dict(os.environ)
-    if plaintext:
+    for name in ("DCF_TOKENS", "DCF_TOKENS_FILE"):
+        environment.pop(name, None)
+    if settings.worker_token:
+        environment["DCF_WORKER_TOKEN"] = settings.worker_token
+    if not settings.worker_ca:
         for name in ("DCF_TLS_CERT", "DCF_TLS_KEY", "DCF_TLS_CLIENT_CA"):
             environment.pop(name, None)
     return environment

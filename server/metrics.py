@@ -37,6 +37,10 @@ class Metrics:
         self.in_flight = Gauge(
             "dcf_calls_in_flight", "Calls being served now.", ["function"], registry=self.registry,
         )
+        self.token_refusals = Counter(
+            "dcf_token_refusals", "Calls refused for a missing or wrong bearer token.",
+            ["code"], registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "dcf_queue_depth", "Calls waiting for a free slot of their function.", ["function"],
             registry=self.registry,

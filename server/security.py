@@ -8,11 +8,19 @@ gateway reaches its workers over TLS when it knows the CA they are signed by
 
 Tokens: when the gateway has tokens (DCF_TOKENS or DCF_TOKENS_FILE), every RPC but
 health checks must carry ``authorization: Bearer <token>`` with one of them.
+
+One door: workers never see the callers' tokens. They take calls only with the
+internal worker token (DCF_WORKER_TOKEN), which the gateway sends, or over mutual
+TLS; so a worker's port cannot be used to skip the gateway's checks. Refused
+tokens are counted, and logged at a bounded rate, so that a guessing caller is
+seen without flooding the log.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
+import time
 from pathlib import Path
 from typing import Awaitable, Callable, Iterable
 
@@ -21,8 +29,38 @@ import grpc
 from server.config import ConfigError, Settings
 from server.errors import CallError, fail_stream
 
+log = logging.getLogger(__name__)
+
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
-CALL_METHOD = "/dcf.v1.Gateway/Call"
+# Streaming calls whose callers may still be writing when refused (see errors.fail_stream).
+CALL_METHODS = ("/dcf.v1.Gateway/Call", "/dcf.v1.Worker/Call")
+# At most one log line about refused tokens per this many seconds.
+REFUSAL_LOG_SECONDS = 10.0
+
+
+class RefusalLog:
+    """Counts refused tokens and says so in the log at most once per ``interval``."""
+
+    def __init__(self, role: str, counted: Callable[[str], None] | None = None,
+                 interval: float = REFUSAL_LOG_SECONDS) -> None:
+        self._role = role
+        self._counted = counted
+        self._interval = interval
+        self._unlogged = 0
+        self._last_logged = -interval
+
+    def __call__(self, reason: str) -> None:
+        if self._counted is not None:
+            self._counted(reason)
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._last_logged >= self._interval:
+            log.warning(
+                "%s refused %d call(s) for their token since the last such line (latest: %s)",
+                self._role, self._unlogged, reason,
+            )
+            self._unlogged = 0
+            self._last_logged = now
 
 
 def _read(path: str, what: str) -> bytes:
@@ -62,8 +100,11 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without a known bearer token: UNAUTHENTICATED when missing,
     PERMISSION_DENIED when wrong. Health checks stay open for probes."""
 
-    def __init__(self, tokens: Iterable[str]) -> None:
+    def __init__(
+        self, tokens: Iterable[str], refused: Callable[[str], None] | None = None
+    ) -> None:
         self._tokens = [t.encode() for t in tokens]
+        self._refused = refused
 
     async def intercept_service(
         self,
@@ -76,16 +117,20 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         refusal = self._refusal(details.invocation_metadata or ())
         if refusal is None:
             return handler
-        return _refusing(handler, *refusal, announce=details.method == CALL_METHOD)
+        if self._refused is not None:
+            self._refused(refusal[0].name)
+        return _refusing(handler, *refusal, announce=details.method in CALL_METHODS)
 
     def _refusal(self, metadata) -> tuple[grpc.StatusCode, str] | None:
         given = next((value for key, value in metadata if key == "authorization"), None)
         if not given:
             return grpc.StatusCode.UNAUTHENTICATED, "a bearer token is required"
-        scheme, _, token = str(given).partition(" ")
+        if not isinstance(given, str):
+            return grpc.StatusCode.UNAUTHENTICATED, "expected 'authorization: Bearer <token>'"
+        scheme, _, token = given.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return grpc.StatusCode.UNAUTHENTICATED, "expected 'authorization: Bearer <token>'"
-        candidate = token.strip().encode()
+        candidate = token.strip().encode("utf-8", "surrogateescape")
         if not any(hmac.compare_digest(candidate, known) for known in self._tokens):
             return grpc.StatusCode.PERMISSION_DENIED, "the token is not valid"
         return None

@@ -11,6 +11,7 @@ from typing import AsyncIterator, Iterable, Mapping
 
 from handlers.base import InvalidInput, Params, TooLarge
 from protos.dcf.v1 import dcf_pb2
+from server.grpc_server import Malformed
 
 
 async def read_header(requests: AsyncIterator[dcf_pb2.CallRequest]) -> dcf_pb2.CallHeader:
@@ -19,6 +20,8 @@ async def read_header(requests: AsyncIterator[dcf_pb2.CallRequest]) -> dcf_pb2.C
         first = await anext(requests)
     except StopAsyncIteration:
         raise InvalidInput("empty stream: the first message must be a header") from None
+    if isinstance(first, Malformed):
+        raise InvalidInput(first.message)
     if first.WhichOneof("kind") != "header":
         raise InvalidInput("the first message must be a header naming the function")
     if not first.header.function:
@@ -30,6 +33,8 @@ async def read_chunks(requests: AsyncIterator[dcf_pb2.CallRequest]) -> AsyncIter
     """The chunks after the header."""
     async for request in requests:
         if request.WhichOneof("kind") != "chunk":
+            if isinstance(request, Malformed):
+                raise InvalidInput(request.message)
             raise InvalidInput("a header may only be the first message of a stream")
         yield request.chunk
 

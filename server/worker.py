@@ -28,6 +28,7 @@ from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from server import errors, stream
 from server.admission import Admission
 from server.bridge import HandlerRun, Header
+from server.callinfo import request_id_of
 from server.config import FunctionConfig, Settings
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
             thread.add_done_callback(_log_thread_error)
             log.info(
                 "call %s %s %s %.1f ms",
-                _request_id(context), self._config.name, outcome,
+                request_id_of(context.invocation_metadata()), self._config.name, outcome,
                 (time.monotonic() - started) * 1000,
             )
         if failure is not None:
@@ -149,11 +150,6 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
             await run.fail_input(exc)
             return
         await run.end_input()
-
-
-def _request_id(context: grpc.aio.ServicerContext) -> str:
-    """The id the gateway gave this call, for logs that can be matched across processes."""
-    return dict(context.invocation_metadata() or ()).get("x-request-id", "-")
 
 
 def _log_thread_error(future: asyncio.Future[None]) -> None:
