@@ -86,3 +86,34 @@ class Admission:
                 turn.set_result(None)  # the slot passes on; ``running`` stays the same
                 return
         self.running -= 1
+
+
+class ByteBudget:
+    """Bytes that unary calls may hold at once, over all functions.
+
+    A unary message comes whole: Invoke's input and answer are each held in memory,
+    several times over on the way (received, decoded, relayed, joined, encoded). The
+    budget bounds what the calls in flight hold together; a call that would pass it
+    is refused (``Overloaded``) rather than queued, since waiting would hold its
+    input all the same. One call is always let through, whatever its size, so a
+    payload the size limit allows is never refused on an idle gateway.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int, what: str) -> None:
+        if self.held and self.held + size > self.limit:
+            raise Overloaded(
+                f"{what}: unary calls in flight hold {self.held} bytes already, at most "
+                f"{self.limit} at once; try again later, or stream with Call"
+            )
+        self.held += size
+
+    def grow(self, size: int) -> None:
+        """Count more bytes of a call already let through (its answer, as it comes)."""
+        self.held += size
+
+    def give(self, size: int) -> None:
+        self.held -= size

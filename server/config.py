@@ -144,6 +144,8 @@ class Settings:
     port: int = 50051
     chunk_bytes: int = MiB
     max_invoke_bytes: int = 64 * MiB
+    # What unary calls (Invoke, ModelInfer) may hold at once, inputs and answers together.
+    max_unary_bytes: int = 128 * MiB
     grace_seconds: float = 10.0
     # How long a call may wait for a local worker that is starting (embedded default).
     startup_wait: float = 60.0
@@ -199,6 +201,7 @@ ENVIRONMENT = {
     "DCF_PORT": "port",
     "DCF_CHUNK_BYTES": "chunk_bytes",
     "DCF_MAX_INVOKE_BYTES": "max_invoke_bytes",
+    "DCF_MAX_UNARY_BYTES": "max_unary_bytes",
     "DCF_GRACE_SECONDS": "grace_seconds",
     "DCF_STARTUP_WAIT": "startup_wait",
     "DCF_MAX_CALL_SECONDS": "max_call_seconds",
@@ -219,7 +222,7 @@ SECRET_SETTINGS = {"tokens", "worker_token"}
 
 
 def _coerce(name: str, value: Any) -> Any:
-    if name in ("chunk_bytes", "max_invoke_bytes"):
+    if name in ("chunk_bytes", "max_invoke_bytes", "max_unary_bytes"):
         return parse_size(value, name)
     if name in ("port", "metrics_port", "http_port"):
         port = int(value)

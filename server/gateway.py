@@ -15,16 +15,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import AsyncIterator, Callable, Mapping
+from typing import AsyncIterator, Callable, Iterator, Mapping
 
 import grpc
 
-from handlers.base import DeadlineExceeded, InvalidInput, NotFound, TooLarge
+from handlers.base import DeadlineExceeded, InvalidInput, NotFound, Overloaded, TooLarge
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from server import errors, stream
-from server.admission import Admission
+from server.admission import Admission, ByteBudget
 from server.callinfo import REQUEST_ID, loggable, request_id_of
 from server.config import FunctionConfig, Settings
+from server.grpc_server import decode
+from server.memory import TRIM_AFTER_BYTES, give_back
 from server.metrics import Metrics
 from server.pace import paced
 from server.replay import ReplayableInput
@@ -84,6 +86,7 @@ class Gateway:
             fn.name: Admission(fn.name, fn.max_concurrency, fn.queue_size)
             for fn in settings.functions
         }
+        self._unary = ByteBudget(settings.max_unary_bytes)
         for name, admission in self._admissions.items():
             self.metrics.queue_depth.labels(name).set_function(lambda a=admission: a.waiting)
 
@@ -198,19 +201,42 @@ class Gateway:
         limit = self.settings.max_invoke_bytes
         content_type = ""
         body: list[bytes] = []
-        size = 0
-        chunks = _aiter(stream.split(data, self.settings.chunk_bytes))
-        async for response in self.call(header, chunks, context):
-            kind = response.WhichOneof("kind")
-            if kind == "header":
-                content_type = response.header.content_type
-                continue
-            piece = response.chunk if kind == "chunk" else response.result
-            size += len(piece)
-            if size > limit:
-                raise TooLarge(f"{name}: output exceeds the Invoke limit of {limit} bytes; use Call")
-            body.append(piece)
-        return content_type, b"".join(body)
+        held = 0
+        try:
+            chunks = _aiter(stream.split(data, self.settings.chunk_bytes))
+            async for response in self.call(header, chunks, context):
+                kind = response.WhichOneof("kind")
+                if kind == "header":
+                    content_type = response.header.content_type
+                    continue
+                piece = response.chunk if kind == "chunk" else response.result
+                if held + len(piece) > limit:
+                    raise TooLarge(f"{name}: output exceeds the Invoke limit of {limit} bytes; use Call")
+                self._unary.grow(len(piece))
+                held += len(piece)
+                body.append(piece)
+            return content_type, b"".join(body)
+        finally:
+            self._unary.give(held)
+            _give_back_after(context, held)
+
+    @contextlib.contextmanager
+    def unary_request(self, raw: bytes, context: grpc.aio.ServicerContext) -> Iterator[None]:
+        """Hold a unary request's bytes against the budget while it is served.
+
+        Fronts call this with the message still undecoded, so one that would pass the
+        budget is refused before its decoded copies exist.
+        """
+        try:
+            self._unary.take(len(raw), "Invoke")
+        except Overloaded as exc:
+            self.refused("", exc, context)
+            raise
+        try:
+            yield
+        finally:
+            self._unary.give(len(raw))
+            _give_back_after(context, len(raw))
 
     async def relay(
         self,
@@ -352,6 +378,8 @@ class Gateway:
 class GatewayServicer(dcf_pb2_grpc.GatewayServicer):
     """dcf.v1.Gateway: a thin adapter from messages to ``Gateway``."""
 
+    RAW_REQUESTS = frozenset({"Invoke"})  # weighed against the unary budget before decoding
+
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
         self._settings = gateway.settings
@@ -375,14 +403,14 @@ class GatewayServicer(dcf_pb2_grpc.GatewayServicer):
             async for response in errors.fail_stream(context, failure, input_pending):
                 yield response
 
-    async def Invoke(
-        self, request: dcf_pb2.InvokeRequest, context: grpc.aio.ServicerContext
-    ) -> dcf_pb2.InvokeResponse:
+    async def Invoke(self, raw: bytes, context: grpc.aio.ServicerContext) -> dcf_pb2.InvokeResponse:
         try:
-            content_type, output = await self._gateway.invoke(
-                request.function, request.input, request.params, context
-            )
-            return dcf_pb2.InvokeResponse(output=output, content_type=content_type)
+            with self._gateway.unary_request(raw, context):
+                request = decode(dcf_pb2.InvokeRequest, raw)
+                content_type, output = await self._gateway.invoke(
+                    request.function, request.input, request.params, context
+                )
+                return dcf_pb2.InvokeResponse(output=output, content_type=content_type)
         except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
             await errors.abort(context, exc)
             raise  # unreachable: abort raises
@@ -405,6 +433,12 @@ def function_info(fn: FunctionConfig) -> dcf_pb2.FunctionInfo:
         max_input_bytes=fn.max_input_bytes,
         params=dict(fn.params),
     )
+
+
+def _give_back_after(context: grpc.aio.ServicerContext, held: int) -> None:
+    """Trim memory once the call is over, when gRPC has let go of its messages too."""
+    if held >= TRIM_AFTER_BYTES:
+        context.add_done_callback(lambda _call: give_back(held))
 
 
 def _input_error(upstream: asyncio.Task[None]) -> BaseException | None:

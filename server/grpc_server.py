@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, AsyncIterator, Callable, Iterable, Sequence, TypeVar
 
 import grpc
 from google.protobuf import message as protobuf_message
@@ -22,9 +22,12 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from handlers.base import InvalidInput
+
 log = logging.getLogger(__name__)
 
 Adder = Callable[[grpc.aio.Server], None]
+M = TypeVar("M", bound=protobuf_message.Message)
 
 
 class Malformed:
@@ -40,6 +43,14 @@ class Malformed:
 
     def WhichOneof(self, _group: str) -> None:  # noqa: N802 - the protobuf message API
         return None
+
+
+def decode(message_type: type[M], raw: bytes) -> M:
+    """A request the servicer takes undecoded (``RAW_REQUESTS``); InvalidInput if malformed."""
+    try:
+        return message_type.FromString(raw)
+    except protobuf_message.DecodeError:
+        raise InvalidInput(Malformed(message_type.DESCRIPTOR.full_name).message) from None
 
 
 def _tolerant(parse: Callable[[bytes], Any], type_name: str) -> Callable[[bytes], Any]:
@@ -73,7 +84,12 @@ def _refusing_malformed(behaviour: Callable[..., Any], streaming_response: bool)
 
 def servicer_adder(servicer: object, service: ServiceDescriptor) -> Adder:
     """Registers ``servicer``'s methods for ``service``, malformed requests refused as
-    INVALID_ARGUMENT (the generated ``add_..._to_server`` would let them be UNKNOWN)."""
+    INVALID_ARGUMENT (the generated ``add_..._to_server`` would let them be UNKNOWN).
+
+    Methods the servicer names in ``RAW_REQUESTS`` get the request's bytes undecoded,
+    to weigh a large message before paying for its decoded copy.
+    """
+    raw = getattr(servicer, "RAW_REQUESTS", frozenset())
     makers = {
         (False, False): grpc.unary_unary_rpc_method_handler,
         (False, True): grpc.unary_stream_rpc_method_handler,
@@ -85,11 +101,14 @@ def servicer_adder(servicer: object, service: ServiceDescriptor) -> Adder:
         request = message_factory.GetMessageClass(method.input_type)
         response = message_factory.GetMessageClass(method.output_type)
         behaviour = getattr(servicer, method.name)
-        if not method.client_streaming:
-            behaviour = _refusing_malformed(behaviour, method.server_streaming)
+        deserializer = None
+        if method.name not in raw:
+            deserializer = _tolerant(request.FromString, method.input_type.full_name)
+            if not method.client_streaming:
+                behaviour = _refusing_malformed(behaviour, method.server_streaming)
         handlers[method.name] = makers[method.client_streaming, method.server_streaming](
             behaviour,
-            request_deserializer=_tolerant(request.FromString, method.input_type.full_name),
+            request_deserializer=deserializer,
             response_serializer=response.SerializeToString,
         )
     generic = grpc.method_handlers_generic_handler(service.full_name, handlers)

@@ -25,6 +25,7 @@ from server import errors
 from server import inference_codec as codec
 from server.config import FunctionConfig
 from server.gateway import Gateway
+from server.grpc_server import decode
 
 SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 SERVICE = SERVICE_DESCRIPTOR.full_name
@@ -39,6 +40,8 @@ def server_version() -> str:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    RAW_REQUESTS = frozenset({"ModelInfer"})  # weighed against the unary budget before decoding
+
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
         self._version = server_version()
@@ -88,22 +91,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise  # unreachable: abort raises
         return codec.model_metadata(request.name)
 
-    async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ModelInferResponse:
+    async def ModelInfer(self, message: bytes, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         try:
-            try:
-                self._model(request.model_name, request.model_version)
-                data, raw = codec.input_of(request)
-                codec.check_outputs(request)
-                params = codec.params_of(request)
-            except Exception as exc:  # noqa: BLE001 - refused before the gateway's call
-                self._gateway.refused(request.model_name, exc, context)
-                raise
-            content_type, body = await self._gateway.invoke(
-                request.model_name, data, params, context
-            )
-            return codec.infer_response(request, content_type, body, raw)
+            with self._gateway.unary_request(message, context):
+                request = pb.ModelInferRequest()
+                try:
+                    request = decode(pb.ModelInferRequest, message)
+                    self._model(request.model_name, request.model_version)
+                    data, raw = codec.input_of(request)
+                    codec.check_outputs(request)
+                    params = codec.params_of(request)
+                except Exception as exc:  # noqa: BLE001 - refused before the gateway's call
+                    self._gateway.refused(request.model_name, exc, context)
+                    raise
+                content_type, body = await self._gateway.invoke(
+                    request.model_name, data, params, context
+                )
+                return codec.infer_response(request, content_type, body, raw)
         except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
             await errors.abort(context, exc)
             raise  # unreachable: abort raises

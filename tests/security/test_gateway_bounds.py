@@ -127,14 +127,15 @@ def test_an_idle_upload_is_ended(guarded):
 
 def test_four_trickling_uploads_do_not_deny_a_fifth_caller(guarded):
     """ssd-video runs four calls at once. Four callers that send a byte a second would have
-    held all four slots for as long as they liked; the input rate rule ends them."""
+    held all four slots for as long as they liked; the input rate rule ends them (or, on a
+    machine so loaded that a pause between their bytes passes 2 s, the idle rule)."""
     clip = media.video(4, (320, 240))
     stop = threading.Event()
 
     def trickle() -> Iterator[bytes]:
         while not stop.is_set():
             yield b"\0"
-            time.sleep(1)
+            time.sleep(0.5)
 
     def trickler(_: int) -> str:
         with guarded.channel() as channel:
@@ -159,7 +160,8 @@ def test_four_trickling_uploads_do_not_deny_a_fifth_caller(guarded):
             stop.set()
         assert [json.loads(r)["frame"] for r in results[:-1]] == [1, 2, 3, 4]
         outcomes = [t.result() for t in trickling]
-    assert all(o.startswith("DEADLINE_EXCEEDED: ssd-video: input slower than") for o in outcomes), outcomes
+    assert all(o.startswith("DEADLINE_EXCEEDED: ssd-video: ") and o.endswith("the upload was ended")
+               for o in outcomes), outcomes
 
 
 def test_caller_text_in_the_log_is_escaped_and_bounded(guarded):
