@@ -82,11 +82,22 @@ class HandlerRun:
 
     # ---- thread side -----------------------------------------------------
 
-    def run(self, function: Function, params: Params, collect: bool) -> None:
-        """The thread's body: call the handler, pass its reply out, report its error."""
+    def run(
+        self,
+        function: Function,
+        params: Params,
+        collect: bool,
+        chunks: Iterator[bytes] | None = None,
+    ) -> None:
+        """The thread's body: call the handler, pass its reply out, report its error.
+
+        The input comes from ``feed`` unless the call brings ``chunks`` of its own (an
+        upload received whole before the call started).
+        """
         parts = None
         try:
-            reply = function.handle(Request(params=params, chunks=self._chunks()))
+            request = Request(params=params, chunks=self._chunks() if chunks is None else chunks)
+            reply = function.handle(request)
             parts = reply.parts
             partial = reply.partial_results and not collect
             if reply.partial_results and collect:

@@ -82,6 +82,9 @@ class FunctionConfig:
     aliases: tuple[str, ...] = ()
     max_input_bytes: int = 0  # 0: no limit
     max_concurrency: int = 0  # 0: no limit
+    # Uploads received whole before the call takes one of its max_concurrency slots, so
+    # that slow uploads never hold a slot; 0: the handler reads its input as it comes.
+    max_uploads: int = 0
     # Calls that may wait for a free slot once max_concurrency run; None: a few rounds' worth.
     max_queue: int | None = None
     # The longest a call may take, queue included: the deadline of calls that give none,
@@ -122,6 +125,7 @@ class FunctionConfig:
             aliases=tuple(str(a) for a in entry.get("aliases", ())),
             max_input_bytes=parse_size(entry.get("max_input_bytes", 0), f"{name}.max_input_bytes"),
             max_concurrency=_count(entry.get("max_concurrency", 0), f"{name}.max_concurrency"),
+            max_uploads=_count(entry.get("max_uploads", 0), f"{name}.max_uploads"),
             max_queue=(
                 None if entry.get("max_queue") is None
                 else _count(entry["max_queue"], f"{name}.max_queue")
@@ -160,6 +164,8 @@ class Settings:
     http_port: int = 8080  # the HTTP API and web page (server/http.py)
     # Bearer tokens the gateway accepts; none: no token needed.
     tokens: tuple[str, ...] = ()
+    # Where workers keep uploads received whole (max_uploads) past a small size in memory.
+    spool_dir: str = ""
     # The credential between the gateway and its workers: the gateway sends it, workers
     # require it. Callers' tokens never reach the workers.
     worker_token: str = ""
@@ -212,6 +218,7 @@ ENVIRONMENT = {
     "DCF_HTTP_PORT": "http_port",
     "DCF_TOKENS": "tokens",
     "DCF_WORKER_TOKEN": "worker_token",
+    "DCF_SPOOL_DIR": "spool_dir",
     "DCF_TLS_CERT": "tls_cert",
     "DCF_TLS_KEY": "tls_key",
     "DCF_TLS_CLIENT_CA": "tls_client_ca",

@@ -82,8 +82,12 @@ class Gateway:
         self._door = (
             (("authorization", f"Bearer {settings.worker_token}"),) if settings.worker_token else ()
         )
+        # A function that receives uploads whole runs max_concurrency calls and has up to
+        # max_uploads more on their way in (server/received.py).
         self._admissions = {
-            fn.name: Admission(fn.name, fn.max_concurrency, fn.queue_size)
+            fn.name: Admission(
+                fn.name, fn.max_concurrency and fn.max_concurrency + fn.max_uploads, fn.queue_size
+            )
             for fn in settings.functions
         }
         self._unary = ByteBudget(settings.max_unary_bytes)

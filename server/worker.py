@@ -10,6 +10,10 @@ their turn in a bounded queue (server/admission.py), and only a full queue refus
 with RESOURCE_EXHAUSTED. The gateway queues too; the worker's own queue serves
 callers that reach it directly and absorbs the moment between a call's end at the
 gateway and its end here.
+
+A function with ``max_uploads`` receives each call's input whole first, under that
+bound (server/received.py), and only then takes a slot: slots go to calls whose
+input is there, never to an upload still under way.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import asyncio
 import concurrent.futures
 import importlib
 import logging
+import threading
 import time
+from dataclasses import dataclass
 from typing import AsyncIterator
 
 import grpc
@@ -28,7 +34,8 @@ from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from server import errors, stream
 from server.admission import Admission
 from server.bridge import HandlerRun, Header
-from server.callinfo import request_id_of
+from server.callinfo import loggable, request_id_of
+from server.received import Received
 from server.config import FunctionConfig, Settings
 
 log = logging.getLogger(__name__)
@@ -44,20 +51,35 @@ def load_function(config: FunctionConfig) -> Function:
 
 class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
     def __init__(
-        self, config: FunctionConfig, function: Function, chunk_bytes: int, concurrency: int
+        self,
+        config: FunctionConfig,
+        function: Function,
+        chunk_bytes: int,
+        concurrency: int,
+        spool_dir: str = "",
     ) -> None:
         self._config = config
         self._function = function
         self._chunk_bytes = chunk_bytes
-        self._admission = Admission(config.name, concurrency, config.queue_size or concurrency)
+        queue = config.queue_size or concurrency
+        self._uploads = (
+            Admission(config.name, config.max_uploads, queue) if config.max_uploads else None
+        )
+        # A call whose input has arrived may always wait for a slot: it is never refused.
+        self._admission = Admission(config.name, concurrency, queue + config.max_uploads)
+        self._spool_dir = spool_dir
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=concurrency, thread_name_prefix=f"handler-{config.name}"
         )
+        _start_threads(self._executor, concurrency)
 
     @property
     def in_flight(self) -> int:
-        """Calls running or waiting for a thread."""
-        return self._admission.running + self._admission.waiting
+        """Calls running, uploading, or waiting for either."""
+        calls = self._admission.running + self._admission.waiting
+        if self._uploads is not None:
+            calls += self._uploads.running + self._uploads.waiting
+        return calls
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -69,23 +91,59 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[dcf_pb2.CallResponse]:
         name = self._config.name
+        started = time.monotonic()
+        ended = _Ended()
+        received: Received | None = None
         try:
-            header = await stream.read_header(request_iterator)
-            if header.function not in (name, *self._config.aliases):
-                raise errors.CallError(
-                    grpc.StatusCode.NOT_FOUND, f"this worker serves {name}, not {header.function}"
-                )
-            params = stream.check_params(name, header.params, self._function.params)
-            await self._admission.acquire(context.time_remaining())
-        except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
-            async for response in errors.fail_stream(context, exc, input_pending=True):
-                yield response
-            return
-        try:
-            async for response in self._run(params, header.collect, request_iterator, context):
-                yield response
+            try:
+                header = await stream.read_header(request_iterator)
+                if header.function not in (name, *self._config.aliases):
+                    raise errors.CallError(
+                        grpc.StatusCode.NOT_FOUND,
+                        f"this worker serves {name}, not {loggable(header.function)}",
+                    )
+                params = stream.check_params(name, header.params, self._function.params)
+                if self._uploads is not None:
+                    received = await self._receive(request_iterator, context)
+                await self._admission.acquire(context.time_remaining())
+            except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
+                ended.outcome = errors.code_of(exc).name
+                async for response in errors.fail_stream(context, exc, received is None):
+                    yield response
+                return
+            try:
+                async for response in self._run(
+                    params, header.collect, request_iterator, context, received, ended
+                ):
+                    yield response
+            finally:
+                self._admission.release()
         finally:
-            self._admission.release()
+            if received is not None:
+                received.close()
+            log.info(
+                "call %s %s %s %.1f ms",
+                request_id_of(context.invocation_metadata()), name, ended.outcome,
+                (time.monotonic() - started) * 1000,
+            )
+
+    async def _receive(
+        self, requests: AsyncIterator[dcf_pb2.CallRequest], context: grpc.aio.ServicerContext
+    ) -> Received:
+        """The whole input, received under the uploads bound; raises what the input broke."""
+        assert self._uploads is not None
+        await self._uploads.acquire(context.time_remaining())
+        received = Received(self._spool_dir)
+        try:
+            chunks = stream.read_chunks(requests)
+            async for chunk in stream.limited(chunks, self._config.name, self._config.max_input_bytes):
+                received.write(chunk)
+        except BaseException:
+            received.close()
+            raise
+        finally:
+            self._uploads.release()
+        return received
 
     async def _run(
         self,
@@ -93,14 +151,22 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
         collect: bool,
         request_iterator: AsyncIterator[dcf_pb2.CallRequest],
         context: grpc.aio.ServicerContext,
+        received: Received | None,
+        ended: _Ended,
     ) -> AsyncIterator[dcf_pb2.CallResponse]:
-        """The call once it holds a thread: run the handler, relay its parts."""
-        started = time.monotonic()
-        outcome = "CANCELLED"  # unless the loop below ends otherwise
+        """The call once it holds a thread: run the handler, relay its parts.
+
+        Its input is ``received`` whole already, or fed to the handler as it arrives.
+        """
         loop = asyncio.get_running_loop()
         run = HandlerRun(loop)
-        thread = loop.run_in_executor(self._executor, run.run, self._function, params, collect)
-        feeder = asyncio.create_task(self._feed(run, request_iterator))
+        chunks = None if received is None else received.chunks(self._chunk_bytes)
+        thread = loop.run_in_executor(
+            self._executor, run.run, self._function, params, collect, chunks
+        )
+        feeder = (
+            asyncio.create_task(self._feed(run, request_iterator)) if received is None else None
+        )
         failure: BaseException | None = None
         try:
             partial = False
@@ -117,20 +183,16 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
                 else:
                     for piece in stream.split(item, self._chunk_bytes):
                         yield dcf_pb2.CallResponse(chunk=bytes(piece))
-            outcome = "OK"
+            ended.outcome = "OK"
         except Exception as exc:  # noqa: BLE001 - mapped to a status below
             failure = exc
-            outcome = errors.code_of(exc).name
+            ended.outcome = errors.code_of(exc).name
         finally:
             run.abort()
-            input_pending = not feeder.done()
-            feeder.cancel()
+            input_pending = feeder is not None and not feeder.done()
+            if feeder is not None:
+                feeder.cancel()
             thread.add_done_callback(_log_thread_error)
-            log.info(
-                "call %s %s %s %.1f ms",
-                request_id_of(context.invocation_metadata()), self._config.name, outcome,
-                (time.monotonic() - started) * 1000,
-            )
         if failure is not None:
             async for response in errors.fail_stream(context, failure, input_pending):
                 yield response
@@ -152,6 +214,24 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
         await run.end_input()
 
 
+def _start_threads(executor: concurrent.futures.ThreadPoolExecutor, count: int) -> None:
+    """Start all of the pool's threads now, rather than one by one as calls first come.
+
+    Calls never wait for a thread to be made, and the worker's thread count is the
+    same from its start to its end, so a thread that leaks shows at once.
+    """
+    everyone = threading.Barrier(count)
+    for _ in range(count):
+        executor.submit(everyone.wait)
+
+
+@dataclass
+class _Ended:
+    """How a call ended, for its log line: CANCELLED unless something else is known."""
+
+    outcome: str = "CANCELLED"
+
+
 def _log_thread_error(future: asyncio.Future[None]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.error("handler thread failed", exc_info=future.exception())
@@ -165,4 +245,5 @@ def worker_servicer(settings: Settings, name: str) -> tuple[WorkerServicer, Func
         raise LookupError(f"no function {name!r} in the registry (known: {known})")
     function = load_function(config)
     concurrency = config.max_concurrency or DEFAULT_CONCURRENCY
-    return WorkerServicer(config, function, settings.chunk_bytes, concurrency), config
+    servicer = WorkerServicer(config, function, settings.chunk_bytes, concurrency, settings.spool_dir)
+    return servicer, config

@@ -126,9 +126,11 @@ def test_an_idle_upload_is_ended(guarded):
 
 
 def test_four_trickling_uploads_do_not_deny_a_fifth_caller(guarded):
-    """ssd-video runs four calls at once. Four callers that send a byte a second would have
-    held all four slots for as long as they liked; the input rate rule ends them (or, on a
-    machine so loaded that a pause between their bytes passes 2 s, the idle rule)."""
+    """ssd-video runs four calls at once. Four callers that send a byte now and then held
+    all four slots for as long as they liked. Now a call takes its slot only once its
+    upload is in, so the fifth caller is answered while they still trickle; and the input
+    rate rule ends them (or, on a machine so loaded that a pause between their bytes
+    passes 2 s, the idle rule)."""
     clip = media.video(4, (320, 240))
     stop = threading.Event()
 
@@ -150,16 +152,20 @@ def test_four_trickling_uploads_do_not_deny_a_fifth_caller(guarded):
         trickling = [pool.submit(trickler, i) for i in range(4)]
         deadline = time.monotonic() + 30
         while metric(guarded.metrics_text(), "dcf_calls_in_flight", function="ssd-video") < 4:
-            assert time.monotonic() < deadline, "the tricklers never got their slots"
+            assert time.monotonic() < deadline, "the tricklers never reached the gateway"
             time.sleep(0.05)
         try:
             with guarded.channel() as channel:
                 _, _, results = collect_call(gateway(guarded, channel).Call(
                     call_requests("ssd-video", [clip]), metadata=AUTH, timeout=120))
+            assert not any(t.done() for t in trickling), "answered only once the tricklers ended"
+            assert [json.loads(r)["frame"] for r in results[:-1]] == [1, 2, 3, 4]
+            # The tricklers themselves end by the rule, not by giving up.
+            done, _ = concurrent.futures.wait(trickling, timeout=60)
+            outcomes = [t.result() for t in done]
         finally:
             stop.set()
-        assert [json.loads(r)["frame"] for r in results[:-1]] == [1, 2, 3, 4]
-        outcomes = [t.result() for t in trickling]
+    assert len(outcomes) == 4, outcomes
     assert all(o.startswith("DEADLINE_EXCEEDED: ssd-video: ") and o.endswith("the upload was ended")
                for o in outcomes), outcomes
 
