@@ -162,6 +162,15 @@ class Settings:
     log_level: str = "INFO"
     metrics_port: int = 9100
     http_port: int = 8080  # the HTTP API and web page (server/http.py)
+    # The HTTP front's guards (server/http.py, FrontOptions): the names it answers for
+    # (empty: localhost names and its own address; "*": any), other origins whose pages
+    # may call it, its timeouts and its cap on open connections.
+    http_allowed_hosts: tuple[str, ...] = ()
+    http_allowed_origins: tuple[str, ...] = ()
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    http_keepalive_timeout: float = 5.0
+    http_max_connections: int = 1000
     # Bearer tokens the gateway accepts; none: no token needed.
     tokens: tuple[str, ...] = ()
     # Where workers keep uploads received whole (max_uploads) past a small size in memory.
@@ -216,6 +225,12 @@ ENVIRONMENT = {
     "DCF_LOG_LEVEL": "log_level",
     "DCF_METRICS_PORT": "metrics_port",
     "DCF_HTTP_PORT": "http_port",
+    "DCF_HTTP_ALLOWED_HOSTS": "http_allowed_hosts",
+    "DCF_HTTP_ALLOWED_ORIGINS": "http_allowed_origins",
+    "DCF_HTTP_HEADER_TIMEOUT": "http_header_timeout",
+    "DCF_HTTP_BODY_TIMEOUT": "http_body_timeout",
+    "DCF_HTTP_KEEPALIVE_TIMEOUT": "http_keepalive_timeout",
+    "DCF_HTTP_MAX_CONNECTIONS": "http_max_connections",
     "DCF_TOKENS": "tokens",
     "DCF_WORKER_TOKEN": "worker_token",
     "DCF_SPOOL_DIR": "spool_dir",
@@ -236,15 +251,23 @@ def _coerce(name: str, value: Any) -> Any:
         if not 0 <= port < 65536:
             raise ConfigError(f"{name}: expected 0..65535, got {value!r}")
         return port
-    if name == "tokens":
+    if name in ("tokens", "http_allowed_hosts", "http_allowed_origins"):
         items = value.split(",") if isinstance(value, str) else value
-        return tuple(t.strip() for t in items if t.strip())
+        return tuple(str(t).strip() for t in items if str(t).strip())
+    if name == "http_max_connections":
+        count = _count(value, name)
+        if count < 1:
+            raise ConfigError(f"{name}: expected 1 or more, got {value!r}")
+        return count
     if name in ("grace_seconds", "startup_wait"):
         seconds = float(value)
         if not 0 <= seconds < float("inf"):
             raise ConfigError(f"{name}: expected seconds, 0 or more, got {value!r}")
         return seconds
-    if name in ("max_call_seconds", "input_idle_seconds"):
+    if name in (
+        "max_call_seconds", "input_idle_seconds",
+        "http_header_timeout", "http_body_timeout", "http_keepalive_timeout",
+    ):
         return _seconds(value, name)
     if name == "min_input_bytes_per_second":
         return _count(value, name)

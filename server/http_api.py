@@ -15,8 +15,11 @@ without its final chunk, so no client can take a truncated body for a whole one.
 A client that goes away cancels the call.
 
 ``Authorization`` and ``X-Request-Id`` are passed to the gateway as gRPC metadata
-(a request id is made when the client sends none, and returned either way);
-``X-Dcf-Timeout: SECONDS`` sets the call's deadline.
+(a request id is made when the client sends none, and returned either way); gRPC
+metadata is printable ASCII, so any other value is refused with 400 here rather
+than failing inside grpcio. ``X-Dcf-Timeout: SECONDS`` sets the call's deadline; a
+value past ``TIMEOUT_CEILING_SECONDS`` is taken as the ceiling (the gateway may
+lower it further), and one that is not a positive number is 400.
 """
 
 from __future__ import annotations
@@ -43,9 +46,10 @@ NDJSON = "application/x-ndjson"
 TIMEOUT_HEADER = "x-dcf-timeout"
 REQUEST_ID = "x-request-id"
 
-# gRPC status -> HTTP status. RESOURCE_EXHAUSTED is 413 for an input over the
-# limit and 429 for too many calls in flight; the gateway and the workers word
-# the two differently and consistently ("exceeds the limit", "too many calls").
+# gRPC status -> HTTP status. RESOURCE_EXHAUSTED is 429 for an overload (a full
+# queue, too many calls), worth retrying, and 413 otherwise (an input or a size
+# over a limit, which a retry cannot cure); the gateway and the workers word the
+# overloads with one of OVERLOAD_PHRASES.
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.UNAUTHENTICATED: 401,
@@ -55,13 +59,19 @@ HTTP_STATUS = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
-TOO_MANY_CALLS = "too many calls in flight"
+OVERLOAD_PHRASES = ("queue is full", "too many calls")
+# What a 429 tells the client to wait before it tries again, in seconds.
+RETRY_AFTER_SECONDS = 1
+# The longest deadline a caller may ask for with X-Dcf-Timeout; more is taken as this.
+TIMEOUT_CEILING_SECONDS = 3600.0
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def http_status(code: grpc.StatusCode, message: str) -> int:
     """The HTTP status for a call that ended with ``code`` and ``message``."""
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and TOO_MANY_CALLS in message:
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and any(
+        phrase in message for phrase in OVERLOAD_PHRASES
+    ):
         return 429
     return HTTP_STATUS.get(code, 500)
 
@@ -75,21 +85,38 @@ def error_response(
 def call_error_response(
     exc: errors.CallError, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
-    return error_response(http_status(exc.code, exc.message), exc.code.name, exc.message, headers)
+    status = http_status(exc.code, exc.message)
+    extra = dict(headers or {})
+    if status == 429:
+        extra["retry-after"] = str(RETRY_AFTER_SECONDS)
+    return error_response(status, exc.code.name, exc.message, extra)
+
+
+def _ascii_header(request: Request, name: str, shown: str) -> str | None:
+    """Header ``name``, which becomes gRPC metadata: printable ASCII, or INVALID_ARGUMENT."""
+    value = request.headers.get(name)
+    if value is not None and not all(" " <= char <= "~" for char in value):
+        raise errors.CallError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"header {shown}: only printable ASCII is allowed",
+        )
+    return value
 
 
 def _metadata(request: Request) -> list[tuple[str, str]]:
-    auth = request.headers.get("authorization")
+    auth = _ascii_header(request, "authorization", "Authorization")
     return [("authorization", auth)] if auth else []
 
 
 def _call_metadata(request: Request) -> tuple[list[tuple[str, str]], str]:
     """The call's metadata, with a request id: the client's own, else a new one."""
-    request_id = (request.headers.get(REQUEST_ID) or uuid.uuid4().hex[:16])[:64]
+    given = _ascii_header(request, REQUEST_ID, "X-Request-Id")
+    request_id = (given or uuid.uuid4().hex[:16])[:64]
     return [*_metadata(request), (REQUEST_ID, request_id)], request_id
 
 
 def _timeout(request: Request) -> float | None:
+    """The call's deadline in seconds, at most the ceiling; None: the caller gave none."""
     raw = request.headers.get(TIMEOUT_HEADER)
     if raw is None:
         return None
@@ -97,12 +124,12 @@ def _timeout(request: Request) -> float | None:
         seconds = float(raw)
     except ValueError:
         seconds = math.nan
-    if not math.isfinite(seconds) or seconds <= 0:
+    if math.isnan(seconds) or seconds <= 0:
         raise errors.CallError(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"header X-Dcf-Timeout: expected a number of seconds > 0, got {raw!r}",
+            f"header X-Dcf-Timeout: expected a number of seconds > 0, got {raw[:40]!r}",
         )
-    return seconds
+    return min(seconds, TIMEOUT_CEILING_SECONDS)
 
 
 def _params(request: Request) -> dict[str, str]:
@@ -270,10 +297,10 @@ async def call_function(request: Request) -> Response:
     try:
         params = _params(request)
         timeout = _timeout(request)
+        metadata, request_id = _call_metadata(request)
     except errors.CallError as exc:
         return call_error_response(exc)
     stub: dcf_pb2_grpc.GatewayStub = request.app.state.gateway
-    metadata, request_id = _call_metadata(request)
     relay = Relay(stub, stub.Call(timeout=timeout, metadata=metadata), request, name)
     header = dcf_pb2.CallHeader(function=name)
     header.params.update(params)
@@ -311,8 +338,12 @@ def _function_json(fn: dcf_pb2.FunctionInfo) -> dict[str, Any]:
 async def list_functions(request: Request) -> Response:
     stub: dcf_pb2_grpc.GatewayStub = request.app.state.gateway
     try:
+        metadata = _metadata(request)
+    except errors.CallError as exc:
+        return call_error_response(exc)
+    try:
         reply = await stub.ListFunctions(
-            dcf_pb2.ListFunctionsRequest(), metadata=_metadata(request), timeout=30
+            dcf_pb2.ListFunctionsRequest(), metadata=metadata, timeout=30
         )
     except grpc.aio.AioRpcError as exc:
         return call_error_response(errors.CallError(exc.code(), exc.details() or exc.code().name))

@@ -1,5 +1,5 @@
 """Helpers for the HTTP front's tests: inputs made here, a client that writes and reads
-at once, and the gateway's own counters.
+at once, a small server of one's own, and a worker held still.
 
 httpx (like most HTTP/1.1 clients) sends the whole body before it reads a byte of
 the answer, so it cannot show an answer arriving while the body is still going
@@ -9,17 +9,28 @@ socket as the test decides, and h11 parses the answer as it comes.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import os
+import re
+import signal
 import socket
+import subprocess
+import sys
 import time
 import wave
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from bench.stream import PeakRss, rss_bytes  # noqa: F401 - shared with the benchmark
 
 import h11
 import matplotlib
 import numpy as np
+
+from server.testing import ROOT, free_port, wait_listening, wait_serving
 
 GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 MiB = 1 << 20
@@ -111,3 +122,105 @@ class Duplex:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+
+# ---------------------------------------------------------------- a worker held still
+
+_STARTED = re.compile(r"worker (\S+) started \(pid (\d+), port \d+\)")
+
+
+def worker_pid(log: Path, name: str) -> int:
+    """The pid of function ``name``'s worker process now (its last start in the log)."""
+    pids = [int(m[2]) for m in _STARTED.finditer(log.read_text(errors="replace")) if m[1] == name]
+    assert pids, f"no start of worker {name} in {log}"
+    return pids[-1]
+
+
+@contextlib.contextmanager
+def paused(pid: int) -> Iterator[None]:
+    """The process stopped (SIGSTOP) for the block: whatever it has not sent yet cannot
+    arrive meanwhile, which shows an order of events without timing anything."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+# ---------------------------------------------------------------- a small server of one's own
+
+
+@dataclass
+class SmallService:
+    """A ``python -m server`` with a registry of a few quick functions, on free ports."""
+
+    process: subprocess.Popen
+    log: Path
+    grpc_port: int
+    http_port: int
+    metrics_port: int
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def metrics_text(self) -> str:
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return reply.read().decode()
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait()
+
+
+HELLO = {"handler": "handlers.hello"}
+
+
+def small_service(tmp: Path, functions: dict | None = None, env: dict | None = None,
+                  open_files: int | None = None) -> SmallService:
+    """Start ``python -m server`` serving ``functions`` (default: hello-dcf alone) with
+    ``env`` added to its environment and, if given, its open-file limit lowered to
+    ``open_files`` (by the shell's ``ulimit``, as an operator's unit file would)."""
+    ports = {"port": free_port(), "metrics_port": free_port(), "http_port": free_port()}
+    registry = {name: {**entry, "workers": [f"127.0.0.1:{free_port()}"]}
+                for name, entry in (functions or {"hello-dcf": HELLO}).items()}
+    config = tmp / "registry.yaml"
+    config.write_text(json.dumps({"server": ports, "functions": registry}))
+    command = [sys.executable, "-m", "server", "--config", str(config)]
+    if open_files is not None:
+        command = ["sh", "-c", f'ulimit -n {open_files} && exec "$0" "$@"', *command]
+    log = tmp / "server.log"
+    process = subprocess.Popen(command, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                               env={**os.environ, **(env or {})})
+    service = SmallService(process, log, ports["port"], ports["http_port"], ports["metrics_port"])
+    try:
+        wait_serving(service.address)
+        for name in registry:
+            wait_serving(service.address, name)
+        wait_listening(service.http_port)
+    except BaseException:
+        service.stop()
+        raise RuntimeError(f"server did not start:\n{log.read_text()[-4000:]}")
+    return service
+
+
+def wait_for(predicate, what: str, timeout: float = 30.0, every: float = 0.05):
+    """Poll ``predicate`` until it returns something true, and return that; fail saying
+    ``what`` did not happen within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:g} s"
+        time.sleep(every)
+    return result

@@ -25,7 +25,10 @@ from PIL import Image
 
 from server.http_api import http_status
 from server.testing import ROOT, Service, free_port, metric, wait_listening, wait_serving
-from tests.http import GRACE_HOPPER, MiB, Duplex, PeakRss, video_file, wav_bytes
+from tests.http import (
+    GRACE_HOPPER, HELLO, MiB, Duplex, PeakRss, paused, small_service, video_file, wait_for,
+    wav_bytes, worker_pid,
+)
 
 JSON_ERROR_KEYS = {"code", "message"}
 
@@ -112,44 +115,55 @@ def test_ssd_annotated_is_a_png(api):
 
 
 def test_ssd_video_streams_one_line_per_frame(api, dcf, tmp_path):
-    """Each frame's line is sent the moment it is done: the first line reaches the
-    client in an earlier read than the end of the answer, well before it. (ssd-video
-    spools the whole upload before decoding, an MP4's index may be at its end, so
-    the lines can only begin once the upload is complete.)"""
+    """Each frame's line is sent the moment it is done: the first line reaches the client
+    while the call still runs. To see that without timing anything, the worker is held
+    stopped once the first line is in: the gateway still has the call in flight then, so
+    that line came before the answer was complete. (ssd-video spools the whole upload
+    before decoding, an MP4's index may be at its end, so the lines can only begin once
+    the upload is complete.)"""
     needs(api, "ssd-video")
-    clip = video_file(tmp_path / "clip.mp4").read_bytes()
-    with Duplex(dcf.http_port, "/v1/functions/ssd-video", len(clip)) as call:
+    frames = 40
+    clip = video_file(tmp_path / "clip.mp4", frames=frames).read_bytes()
+    worker = worker_pid(dcf.log, "ssd-video")
+    with Duplex(dcf.http_port, f"/v1/functions/ssd-video?max_frames={frames}", len(clip)) as call:
         call.send(clip)
         head = call.response()
         assert head.status_code == 200
         assert dict(head.headers)[b"content-type"] == b"application/x-ndjson"
         first = call.event()
         assert isinstance(first, h11.Data) and first.data.endswith(b"\n"), first
-        first_read, first_at = call.reads, call.read_at
+        with paused(worker):
+            running = metric(dcf.metrics_text(), "dcf_calls_in_flight", function="ssd-video")
         rest = call.body()
-        assert call.reads > first_read, "the whole answer came in one piece"
-        assert call.read_at - first_at > 0.02, "the lines came all at once"
+    assert running == 1, "the answer was complete before its first line reached the client"
     lines = [json.loads(line) for line in (bytes(first.data) + rest).splitlines()]
-    frames = [line for line in lines if "frame" in line]
-    numbers = [f["frame"] for f in frames]
-    assert len(frames) >= 2 and numbers == list(range(numbers[0], numbers[0] + len(frames)))
-    assert any(d["label"] == "person" for f in frames for d in f["detections"])
+    numbers = [line["frame"] for line in lines if "frame" in line]
+    assert numbers == list(range(numbers[0], numbers[0] + frames))
+    assert any(d["label"] == "person" for f in lines[:-1] for d in f["detections"])
     assert "frames_read" in lines[-1] and "frame" not in lines[-1]
 
 
 def test_ssd_video_error_after_the_first_lines_is_a_last_line(api, dcf, tmp_path):
-    """A failure once lines have gone out (here the call's deadline, mid-video) ends
-    the NDJSON answer with one error line; the status was 200 long before."""
+    """A failure once lines have gone out ends the NDJSON answer with one error line; the
+    status was 200 long before. Here the failure is the call's deadline, passing while
+    the worker is held stopped after the first line, so the video cannot end first."""
     needs(api, "ssd-video")
-    clip = video_file(tmp_path / "long.mp4", frames=500, size=(160, 120)).read_bytes()
-    reply = api.post("/v1/functions/ssd-video", params={"max_frames": "500"}, content=clip,
-                     headers={"x-dcf-timeout": "2"})
-    assert reply.status_code == 200
-    lines = [json.loads(line) for line in reply.text.splitlines()]
+    frames = 40
+    clip = video_file(tmp_path / "long.mp4", frames=frames, size=(160, 120)).read_bytes()
+    worker = worker_pid(dcf.log, "ssd-video")
+    with Duplex(dcf.http_port, f"/v1/functions/ssd-video?max_frames={frames}", len(clip),
+                {"x-dcf-timeout": "10"}) as call:
+        call.send(clip)
+        assert call.response().status_code == 200
+        first = call.event()
+        assert isinstance(first, h11.Data), first
+        with paused(worker):
+            rest = call.body()  # ends when the deadline passes
+    lines = [json.loads(line) for line in (bytes(first.data) + rest).splitlines()]
     assert "frame" in lines[0] and all("frame" in line for line in lines[:-1])
     assert set(lines[-1]) == {"error"} and set(lines[-1]["error"]) == {"code", "message"}
     assert lines[-1]["error"]["code"] == "DEADLINE_EXCEEDED"
-    assert len(lines) - 1 < 500
+    assert len(lines) - 1 < frames
 
 
 def test_a_body_failing_after_it_began_is_cut_off(dcf):
@@ -228,6 +242,9 @@ def test_status_mapping_table():
     assert http_status(code.NOT_FOUND, "") == 404
     assert http_status(code.RESOURCE_EXHAUSTED, "ssd: input exceeds the limit of 5 bytes") == 413
     assert http_status(code.RESOURCE_EXHAUSTED, "ssd: too many calls in flight (at most 8)") == 429
+    assert http_status(code.RESOURCE_EXHAUSTED,
+                       "ssd: queue is full (4 calls running, 16 waiting); try again later") == 429
+    assert http_status(code.RESOURCE_EXHAUSTED, "send-wav: width x height is over 4 Mpx") == 413
     assert http_status(code.UNAVAILABLE, "") == 503
     assert http_status(code.DEADLINE_EXCEEDED, "") == 504
     for other in (code.INTERNAL, code.UNKNOWN, code.CANCELLED, code.DATA_LOSS, code.UNIMPLEMENTED):
@@ -277,11 +294,14 @@ def test_a_function_bug_is_500_without_its_traceback(api, dcf):
 
 def test_body_over_the_limit_is_413_before_the_rest_is_sent(dcf):
     """ssd takes at most 64 MiB. Declare 1 GiB, send 64 MiB + 1 and stop: the 413
-    comes without the rest of the body (a front that read it all first would hang)."""
+    comes without the rest of the body (a front that read it all first would hang).
+    The body begins as a photo does, since ssd refuses a non-image at its first bytes."""
     limit = 64 * MiB
     with Duplex(dcf.http_port, "/v1/functions/ssd", 1 << 30, timeout=20) as call:
+        photo = GRACE_HOPPER.read_bytes()
+        call.send(photo + b"\0" * (MiB - len(photo)))
         block = b"\0" * MiB
-        for _ in range(limit // MiB):
+        for _ in range(limit // MiB - 1):
             call.send(block)
         call.send(b"\0")
         head = call.response()
@@ -290,30 +310,41 @@ def test_body_over_the_limit_is_413_before_the_rest_is_sent(dcf):
     assert body["code"] == "RESOURCE_EXHAUSTED" and "exceeds the limit" in body["message"]
 
 
-def test_too_many_calls_is_429_and_leaving_frees_the_slots(api, dcf):
-    """send-wav takes 8 calls at once. Hold 8 uploads open: the 9th is 429. Walk away
-    from the 8 (their calls are cancelled), and send-wav answers again."""
-    limit = 8
-    wav = wav_bytes(0.2)
-    held = [Duplex(dcf.http_port, "/v1/functions/send-wav", len(wav)) for _ in range(limit)]
+def test_a_full_queue_is_429_with_retry_after(tmp_path):
+    """hello-one runs one call at a time and queues one more. Hold two uploads open (one
+    running, one waiting): a third is refused at once, 429 with Retry-After. Walk away
+    from the two (their calls are cancelled, the waiting one leaves the queue), and
+    hello-one answers again."""
+    one = {"hello-one": {**HELLO, "max_concurrency": 1, "max_queue": 1}}
+    service = small_service(tmp_path, one)
+    held: list[Duplex] = []
     try:
+        held = [Duplex(service.http_port, "/v1/functions/hello-one", 10) for _ in range(2)]
         for call in held:
-            call.send(wav[:100])
-        deadline = time.monotonic() + 10
-        while metric(dcf.metrics_text(), "dcf_calls_in_flight",
-                     function="send-wav") < limit:
-            assert time.monotonic() < deadline, "the held calls never reached the gateway"
-            time.sleep(0.05)
-        assert_error(api.post("/v1/functions/send-wav", content=wav), 429, "RESOURCE_EXHAUSTED",
-                     "too many calls in flight")
+            call.send(b"a")
+
+        def placed() -> bool:
+            text = service.metrics_text()
+            return (metric(text, "dcf_calls_in_flight", function="hello-one") == 1
+                    and metric(text, "dcf_queue_depth", function="hello-one") == 1)
+
+        wait_for(placed, "one held call running and one waiting")
+        with httpx.Client(base_url=service.http_url, timeout=30) as client:
+            reply = client.post("/v1/functions/hello-one", content=b"x")
+            assert_error(reply, 429, "RESOURCE_EXHAUSTED", "queue is full")
+            assert reply.headers["retry-after"] == "1"
+            for call in held:
+                call.close()
+            deadline = time.monotonic() + 10
+            while (reply := client.post("/v1/functions/hello-one", content=b"x")
+                   ).status_code == 429:
+                assert time.monotonic() < deadline, "slots still taken after the callers left"
+                time.sleep(0.1)
+            assert reply.status_code == 200 and reply.content == b"x", reply.text
     finally:
         for call in held:
             call.close()
-    deadline = time.monotonic() + 10
-    while (reply := api.post("/v1/functions/send-wav", content=wav)).status_code == 429:
-        assert time.monotonic() < deadline, "slots still taken after the callers left"
-        time.sleep(0.1)
-    assert reply.status_code == 200, reply.text
+        assert service.stop() == 0, service.log.read_text()[-3000:]
 
 
 def test_deadline_is_504(dcf):
