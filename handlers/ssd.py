@@ -6,6 +6,31 @@ in the image's pixels after EXIF rotation; or, with ``annotate=true``, the image
 as a PNG with the boxes drawn. Params are checked before the input is read, so a
 bad param fails fast without waiting for the upload.
 
+Memory budget (the arithmetic behind the defaults; handlers.images has each step):
+
+* **Per call:** at most ``max_pixels`` decoded pixels (16 megapixels by default),
+  whatever the format: a JPEG is decoded at 1/2, 1/4 or 1/8 scale when that brings
+  it under the cap (for JSON, always as far as the model's 300x300 input allows;
+  ``annotate`` draws and answers a big JPEG at the scale that fits), anything else
+  over the cap is refused before a pixel is decoded. Such a call holds at most 8
+  bytes a pixel (128 MB), 10 for annotate (160 MB), 16 for a WebP (256 MB, 244
+  MiB). On top: its input, up to 3.125 x ``max_input_bytes`` (a WebP with a large
+  XMP chunk), and annotate's PNG until it is read, up to 52 MiB.
+* **Per process:** all calls hold at most ``decode_memory_mib`` of pixels at once
+  (default: the costliest single call, 244 MiB at 16 megapixels: one WebP, or two
+  other pictures at the cap, at a time; the others wait their turn), however many
+  the registry lets in. The worker's peak is then at most
+
+      baseline (TensorFlow and two interpreters: 794 MiB measured)
+      + decode_memory_mib                                     244 MiB
+      + max_concurrency x (3.125 x max_input_bytes + 54 MiB)  inputs, PNG answers
+
+  Measured (tests/security/test_budgets_ssd.py): 16 of the costliest pictures at
+  once, from the 49-megapixel WebP bomb to 16-megapixel noise drawn as 46 MB PNGs,
+  peak at 1382 MiB. The last term is the registry's to bound: for the 1536 Mi of
+  docker/k8s/41-ssd.yaml with 10% kept free it must stay under 344 MiB, which
+  ``max_concurrency`` 16 with 64 MiB inputs is far from (see docs/deploying.md).
+
 This module imports nothing heavy: the detector (numpy, OpenCV, TensorFlow) is
 imported and loaded by ``create``, once per worker.
 """
@@ -39,31 +64,49 @@ def create(options: Mapping[str, Any]) -> Function:
 
     Options (all optional): ``model_dir`` (default $DCF_MODEL_DIR or <repo>/models),
     ``interpreters`` (parallel inferences, default one per CPU), ``threads`` (per
-    interpreter, default 1), ``max_pixels`` (largest image accepted, default 50
-    megapixels), ``jpeg_draft`` (decode big JPEGs at reduced scale, default true).
+    interpreter, default 1), ``max_pixels`` (most pixels one call decodes, default
+    16 megapixels), ``decode_memory_mib`` (MiB of pixels all calls may hold at
+    once, default and minimum: what the costliest call at ``max_pixels`` holds),
+    ``jpeg_draft`` (decode big JPEGs at reduced scale for the model, default true).
     Raises detector.ModelMissing, whose message says to run ``make model``.
     """
     from handlers import detector, images  # heavy imports: load time only
 
     max_pixels = detector.positive_int_option(
         options, "max_pixels", images.DEFAULT_MAX_PIXELS, "ssd"
-    )
+    ) or images.DEFAULT_MAX_PIXELS
+    costliest = max_pixels * images.BYTES_PER_PIXEL_WEBP
+    memory_mib = detector.positive_int_option(
+        options, "decode_memory_mib", -(-costliest // images.MIB), "ssd"
+    ) or 0
+    if memory_mib * images.MIB < costliest:
+        raise ValueError(
+            f"ssd option decode_memory_mib ({memory_mib}) must be at least "
+            f"{-(-costliest // images.MIB)}: one call at max_pixels ({max_pixels}) may hold that"
+        )
+    budget = images.MemoryBudget(memory_mib * images.MIB)
     reduce_to = detector.INPUT_SIZE if _bool(options, "jpeg_draft", True) else None
     model = detector.Detector.from_options(options, "ssd")
+    detector.give_back_large_blocks()
 
     def handle(request: Request) -> Reply:
         params = request.params
         threshold, limit = detection_params.read(params)
         draw = params.get_bool("annotate", False)
-        image = images.decode_image(
-            request.read(),
-            max_pixels=max_pixels or images.DEFAULT_MAX_PIXELS,
-            reduce_to=None if draw else reduce_to,
-        )
-        found = model.detect(image.rgb, threshold, limit, size=(image.width, image.height))
-        if draw:
-            return Reply("image/png", [detector.annotate(image.rgb, found)])
-        body = {"width": image.width, "height": image.height, "detections": found}
+        with images.decoding(
+            images.read_input(request.chunks),
+            max_pixels=max_pixels, reduce_to=reduce_to, picture=draw, budget=budget,
+        ) as decoded:
+            # The 300x300 input is all the model needs: the JSON path lets go of the
+            # rest (and of its share of the budget) before waiting for an interpreter.
+            model_input = detector.resize_for_model(decoded.rgb)
+            width, height, picture = decoded.width, decoded.height, decoded.picture
+            del decoded
+            if picture is not None:  # drawn at the size it was decoded at
+                found = model.detect_resized(model_input, *picture.size, threshold, limit)
+                return Reply("image/png", [detector.annotate(picture, found)])
+        found = model.detect_resized(model_input, width, height, threshold, limit)
+        body = {"width": width, "height": height, "detections": found}
         return Reply("application/json", [detector.compact_json(body)])
 
     return Function(handle=handle, params=PARAMS, close=model.close)

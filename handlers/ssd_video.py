@@ -12,6 +12,37 @@ is less than ``max_frames`` x ``stride`` only when the video ended first. The
 unary Invoke gets one document from ``collect``:
 ``{"width", "height", "fps", "frames_read", "frames": [{"frame", "detections"}, ...]}``.
 
+Bounds, checked before the work they bound:
+
+* **Frames decoded.** A call decodes ``max_frames`` x ``stride`` frames at most
+  (skipped frames are decoded too), so that product may be at most
+  ``MAX_DECODED_FRAMES`` (1000): anything more is refused with INVALID_ARGUMENT,
+  naming both params, before the input is read. Time grows with pixels, not
+  frames (here a skipped 4K frame took 30 ms, an analysed one 60 ms; a skipped
+  640x480 frame 1.5 ms), so the pixels decoded are bounded too:
+  ``DECODE_PIXELS``, 1000 frames of 1280x720 (111 of 3840x2160), checked from the
+  size and frame count the stream declares before the first frame is decoded, and
+  counted as frames are decoded, should a stream hold more than it declared.
+  Refusing beats stopping at the bound: the caller learns before any work, and
+  never gets an answer that looks whole but covers less than asked. A call's work
+  is then at most 1000 decodes of 720p, or their equal in bigger frames, and 1000
+  inferences: measured on the 2-core target under a load of 5 to 7, 27 ms per
+  analysed 720p frame (27 s for 1000) and 60 ms per 4K one (6.7 s for 111).
+* **Memory per frame.** FFmpeg holds the frame it decodes and the frames it may
+  refer to: H.264 and HEVC allow 16, so ``FRAME_BUFFERS`` (18, with the frame
+  OpenCV keeps) frames of the stream's pixel format (1.5 bytes a pixel for 8-bit
+  4:2:0, up to 6 for 16-bit 4:4:4; formats OpenCV cannot name count as 6), plus
+  two BGR copies (OpenCV's and the array it returns, 3 bytes a pixel each). That
+  must fit ``FRAME_MEMORY`` (261 MiB: a 3840x2160 8-bit 4:2:0 stream, 4K UHD, at
+  33 bytes a pixel), from the size and pixel format the stream declares, before
+  the first frame is decoded; each decoded frame is checked again, so a stream
+  whose frames grow midway is stopped at the first that does not fit. Decoding
+  is single-threaded (``CAP_PROP_N_THREADS`` 1): frame threading would hold a
+  frame per thread more, and the pipeline below already keeps both cores busy.
+  With ``max_concurrency`` 4 in the registry, a worker holds at most 4 x 261 =
+  1044 MiB of frames, over its 794 MiB baseline (TensorFlow and two
+  interpreters): 1838 MiB, under docker/k8s's 2 Gi limit with 10% to spare.
+
 Choices, and why:
 
 * Each call spools its upload to its own file (``mkstemp`` in the ``spool_dir``
@@ -21,6 +52,16 @@ Choices, and why:
   created and removed inside the parts generator, so success, an error and a
   cancelled call (the host closes the generator) all remove it. No extension is
   needed: FFmpeg finds the container from the content.
+* A worker killed outright (SIGKILL, the OOM killer) removes nothing, so each
+  worker sweeps its spool dir when it starts. A spool file is named
+  ``ssd-video-<pid>-...`` after its owner and stays locked (``flock``) by it while
+  it exists; the sweep removes only ``ssd-video-*`` files whose lock it can take,
+  since the kernel drops a lock when its owner dies however it dies. The lock,
+  not the pid, is the test: pids are reused, and workers in other containers
+  that share the directory (compose's spool volume) have pids of their own
+  namespace. The pid only spares the file of another live process here in the
+  instant between its creation and its lock; our own pid is no such process (a
+  restarted container's worker is often pid 1 again, like the one that died).
 * FFmpeg would also open text "videos" that point elsewhere: playlists (HLS),
   concat scripts (which read other files in the spool dir), SDP (which listens on
   the network). So the worker allows only the binary container demuxers of
@@ -43,10 +84,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import errno
+import fcntl
 import json
 import logging
 import math
 import os
+import stat
 import tempfile
 from collections import deque
 from dataclasses import dataclass
@@ -54,7 +97,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from handlers import detection_params
-from handlers.base import Function, InvalidInput, Reply, Request, TooLarge
+from handlers.base import Function, InvalidInput, Params, Reply, Request, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +106,21 @@ DEFAULT_MAX_FRAMES = 10
 MAX_FRAMES = 1000
 DEFAULT_STRIDE = 1
 MAX_STRIDE = 1000
-MAX_FRAME_PIXELS = 50_000_000
+MAX_DECODED_FRAMES = 1000  # max_frames x stride
+DECODE_PIXELS = MAX_DECODED_FRAMES * 1280 * 720  # pixels decoded per call
+FRAME_BUFFERS = 18  # 16 reference frames (H.264, HEVC), the frame decoded, the one OpenCV keeps
+BGR_BYTES = 6  # OpenCV's BGR frame and the array read() returns, 3 bytes a pixel each
+FRAME_MEMORY = 3840 * 2160 * (FRAME_BUFFERS * 3 // 2 + BGR_BYTES)  # 4K UHD, 8-bit 4:2:0
+UNKNOWN_FORMAT_BYTES = 6.0  # 16-bit 4:4:4, the widest format of codecs with references
+# Bytes a pixel of the decoder's own frames, by the pixel format tag OpenCV reports
+# (CAP_PROP_CODEC_PIXEL_FORMAT, FFmpeg's raw tags); others count as UNKNOWN_FORMAT_BYTES.
+PIXEL_FORMAT_BYTES: Mapping[bytes, float] = {
+    **dict.fromkeys((b"I420", b"IYUV", b"YV12", b"NV12", b"NV21", b"Y41B"), 1.5),
+    **dict.fromkeys((b"Y42B", b"YV16", b"P422", b"YUY2", b"YUYV", b"UYVY", b"HDYC"), 2.0),
+    **dict.fromkeys((b"444P", b"YV24", b"BGR\x18", b"RGB\x18"), 3.0),
+    **dict.fromkeys((b"Y800", b"Y8  ", b"GREY"), 1.0),
+}
+SPOOL_PREFIX = "ssd-video-"
 # FFmpeg demuxers allowed to open an upload: binary containers only (mp4/mov/3gp,
 # avi, mkv/webm, MPEG-TS, MPEG-PS, FLV, Ogg, ASF/WMV).
 DEMUXERS = "mov,avi,matroska,mpegts,mpeg,flv,ogg,asf"
@@ -71,7 +128,10 @@ _CAPTURE_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 _KINDS = "mp4, mov, avi, mkv, webm"
 
 PARAMS: Mapping[str, str] = {
-    "max_frames": f"frames to analyse, 1..{MAX_FRAMES} (default {DEFAULT_MAX_FRAMES})",
+    "max_frames": (
+        f"frames to analyse, 1..{MAX_FRAMES} (default {DEFAULT_MAX_FRAMES}); "
+        f"max_frames x stride at most {MAX_DECODED_FRAMES}, fewer for frames over 1280x720"
+    ),
     "stride": f"analyse every Nth frame, 1..{MAX_STRIDE} (default {DEFAULT_STRIDE}: every frame)",
     **detection_params.described("per frame"),
 }
@@ -82,7 +142,7 @@ def create(options: Mapping[str, Any]) -> Function:
 
     Options (all optional): ``model_dir``, ``interpreters``, ``threads`` as for
     ``ssd``; ``spool_dir``, where uploads are spooled (default $DCF_SPOOL_DIR, else
-    the system temp dir; created if missing).
+    the system temp dir; created if missing, and swept of what dead workers left).
     """
     from handlers import detector  # heavy imports: load time only
 
@@ -90,30 +150,44 @@ def create(options: Mapping[str, Any]) -> Function:
         options.get("spool_dir") or os.environ.get("DCF_SPOOL_DIR") or tempfile.gettempdir()
     )
     spool_dir.mkdir(parents=True, exist_ok=True)
+    sweep_spool(spool_dir)
     _restrict_ffmpeg()
     model = detector.Detector.from_options(options, "ssd-video")
+    detector.give_back_large_blocks()
     # One thread per interpreter: more could only wait for one.
     inference = concurrent.futures.ThreadPoolExecutor(
         max_workers=model.size, thread_name_prefix="ssd-video-infer"
     )
 
     def handle(request: Request) -> Reply:
-        params = request.params
-        threshold, max_detections = detection_params.read(params)
-        settings = _Settings(
-            max_frames=params.get_int("max_frames", DEFAULT_MAX_FRAMES, low=1, high=MAX_FRAMES),
-            stride=params.get_int("stride", DEFAULT_STRIDE, low=1, high=MAX_STRIDE),
-            threshold=threshold,
-            max_detections=max_detections,
-        )
-        parts = _run(request.chunks, settings, spool_dir, model, inference)
+        parts = _run(request.chunks, _settings(request.params), spool_dir, model, inference)
         return Reply(CONTENT_TYPE, parts, partial_results=True)
 
     def close() -> None:
         inference.shutdown(wait=True, cancel_futures=True)
         model.close()
 
-    return Function(handle=handle, params=PARAMS, collect=collect, close=close)
+    return Function(handle=handle, params=PARAMS, check=_settings, collect=collect, close=close)
+
+
+def _settings(params: Params) -> _Settings:
+    """The call's settings from its params; InvalidInput for a value out of bounds, or for
+    more frames to decode than a call may (checked before any input is read)."""
+    threshold, max_detections = detection_params.read(params)
+    settings = _Settings(
+        max_frames=params.get_int("max_frames", DEFAULT_MAX_FRAMES, low=1, high=MAX_FRAMES),
+        stride=params.get_int("stride", DEFAULT_STRIDE, low=1, high=MAX_STRIDE),
+        threshold=threshold,
+        max_detections=max_detections,
+    )
+    decoded = settings.max_frames * settings.stride
+    if decoded > MAX_DECODED_FRAMES:
+        raise InvalidInput(
+            f"params max_frames and stride: max_frames x stride = {settings.max_frames} x "
+            f"{settings.stride} = {decoded} frames to decode, over the limit of "
+            f"{MAX_DECODED_FRAMES}; ask for fewer frames or a smaller stride"
+        )
+    return settings
 
 
 def collect(parts: Iterable[bytes]) -> bytes:
@@ -163,9 +237,14 @@ def _run(
     model: Any,
     inference: concurrent.futures.Executor,
 ) -> Iterator[bytes]:
-    """The parts generator: spool the upload, then decode, detect and yield frame by frame."""
-    fd, path = tempfile.mkstemp(prefix="ssd-video-", dir=spool_dir)
+    """The parts generator: spool the upload, then decode, detect and yield frame by frame.
+
+    The spool file carries our pid and stays locked while it exists (see the module
+    docstring): it is unlinked before its descriptor, and so its lock, is let go.
+    """
+    fd, path = tempfile.mkstemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=spool_dir)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         _spool(fd, chunks)
         yield from _frames(path, settings, model, inference)
     finally:
@@ -173,13 +252,70 @@ def _run(
             os.unlink(path)
         except FileNotFoundError:
             pass
+        os.close(fd)
+
+
+def sweep_spool(spool_dir: Path) -> list[str]:
+    """Remove the spool files of workers that are gone; return their names.
+
+    A file is theirs to remove when nobody holds its lock: every live worker locks
+    its files for as long as they exist, and the kernel drops the lock of a process
+    that dies, SIGKILL included. Files that are not ours by name, not regular, not
+    removable (another user's), or named after another live process (which may be
+    about to lock it) are left alone.
+    """
+    swept = []
+    for path in sorted(spool_dir.glob(f"{SPOOL_PREFIX}*")):
+        owner = _owner(path.name)
+        if owner is not None and owner != os.getpid() and _alive(owner):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue  # gone already, a symlink, or not ours to read
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live worker's upload
+            try:
+                path.unlink()
+            except OSError:
+                continue
+            swept.append(path.name)
+        finally:
+            os.close(fd)
+    if swept:
+        log.warning(
+            "swept %d spool file(s) left in %s by workers that died: %s",
+            len(swept), spool_dir, ", ".join(swept),
+        )
+    return swept
+
+
+def _owner(name: str) -> int | None:
+    """The pid a spool file is named after (``ssd-video-<pid>-...``), if any."""
+    pid, _, rest = name[len(SPOOL_PREFIX):].partition("-")
+    return int(pid) if pid.isdigit() and rest else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _spool(fd: int, chunks: Iterator[bytes]) -> None:
-    """Write each chunk to ``fd`` as it arrives (unbuffered), then close it."""
+    """Write each chunk to ``fd`` as it arrives (unbuffered); ``fd`` stays open (its lock)."""
     size = 0
     try:
-        with open(fd, "wb", buffering=0) as out:
+        with open(fd, "wb", buffering=0, closefd=False) as out:
             for chunk in chunks:
                 view = memoryview(chunk)
                 while view:
@@ -203,32 +339,55 @@ def _frames(
 
     from handlers.detector import INPUT_SIZE, compact_json
 
-    capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+    capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
     pending: deque[tuple[int, concurrent.futures.Future[list[dict[str, Any]]]]] = deque()
     try:
         if not capture.isOpened():
             raise InvalidInput(f"input is not a video that can be decoded: expected {_KINDS}")
-        declared = (capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        if declared[0] * declared[1] > MAX_FRAME_PIXELS:
-            raise InvalidInput(
-                f"video frames are {declared[0]:.0f}x{declared[1]:.0f}; "
-                f"the limit is {MAX_FRAME_PIXELS / 1e6:g} megapixels"
-            )
+        pixel_format = _fourcc(capture.get(cv2.CAP_PROP_CODEC_PIXEL_FORMAT))
+        _check_frame_size(
+            int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+            pixel_format, "video frames are",
+        )
+        declared = (
+            int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        )
+        _check_decode_budget(
+            settings, declared[0] * declared[1], int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        )
         fps = capture.get(cv2.CAP_PROP_FPS)
         size: tuple[int, int] | None = None
         read = analysed = 0
+        checked = (0, 0)  # the last frame size found to fit
+        pixels = 0  # decoded so far
         while analysed < settings.max_frames:
             if read % settings.stride:
                 if not _decoded(capture.grab, read, cv2):
                     break
                 read += 1
-                continue
-            frame = _decoded(capture.read, read, cv2)
+                # A skipped frame is decoded too: its size is the capture's now.
+                width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+                height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+                frame = None
+            else:
+                frame = _decoded(capture.read, read, cv2)
+                if frame is None:
+                    break
+                read += 1
+                analysed += 1
+                height, width = frame.shape[:2]
+            if (width, height) != checked:
+                _check_frame_size(width, height, pixel_format, f"frame {read} is")
+                checked = (width, height)
+            pixels += width * height
+            if pixels > DECODE_PIXELS:
+                raise InvalidInput(
+                    f"frame {read}: the video holds more pixels than it declared, over the "
+                    f"limit of {DECODE_PIXELS / 1e9:.2f} gigapixels decoded a call"
+                )
             if frame is None:
-                break
-            read += 1
-            analysed += 1
-            height, width = frame.shape[:2]
+                continue
             size = size or (width, height)
             small = cv2.resize(frame, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR)
             job = inference.submit(
@@ -256,6 +415,53 @@ def _frames(
             job.cancel()
         concurrent.futures.wait([job for _, job in pending])
         capture.release()
+
+
+def _check_decode_budget(settings: _Settings, frame_pixels: int, frame_count: int) -> None:
+    """Refuse, before decoding, params that would decode more than DECODE_PIXELS.
+
+    The frames decoded are max_frames x stride, or fewer when the stream declares
+    fewer (a container may lie: the decode loop counts what it really decodes).
+    """
+    frames = settings.max_frames * settings.stride
+    if frame_count > 0:
+        frames = min(frames, frame_count)
+    if frame_pixels <= 0 or frames * frame_pixels <= DECODE_PIXELS:
+        return
+    most = max(1, DECODE_PIXELS // frame_pixels)
+    raise InvalidInput(
+        f"params max_frames and stride: {settings.max_frames} x {settings.stride} asks to "
+        f"decode {frames} frames of {frame_pixels / 1e6:.1f} megapixels, over the limit of "
+        f"{DECODE_PIXELS / 1e9:.2f} gigapixels a call; ask for max_frames x stride <= {most}"
+    )
+
+
+def frame_cost(width: int, height: int, pixel_format: bytes) -> int:
+    """The most bytes decoding frames of this size and pixel format holds (module docstring)."""
+    per_pixel = PIXEL_FORMAT_BYTES.get(pixel_format, UNKNOWN_FORMAT_BYTES)
+    return math.ceil(width * height * (FRAME_BUFFERS * per_pixel + BGR_BYTES))
+
+
+def _check_frame_size(width: int, height: int, pixel_format: bytes, what: str) -> None:
+    """Refuse frames whose decoding could hold more than FRAME_MEMORY."""
+    cost = frame_cost(width, height, pixel_format)
+    if cost <= FRAME_MEMORY:
+        return
+    per_pixel = PIXEL_FORMAT_BYTES.get(pixel_format, UNKNOWN_FORMAT_BYTES)
+    largest = FRAME_MEMORY / (FRAME_BUFFERS * per_pixel + BGR_BYTES)
+    name = pixel_format.decode("ascii", "replace").strip("\x00") or "unknown"
+    name = "".join(c if c.isprintable() else "?" for c in name)
+    raise InvalidInput(
+        f"{what} {width}x{height} ({width * height / 1e6:.1f} megapixels, pixel format "
+        f"{name!r}); the limit is {largest / 1e6:.1f} megapixels in this format "
+        f"(3840x2160 in 8-bit 4:2:0)"
+    )
+
+
+def _fourcc(value: float) -> bytes:
+    """OpenCV's fourcc number as its four bytes (b"" when it has none)."""
+    number = int(value) & 0xFFFFFFFF if math.isfinite(value) and value > 0 else 0
+    return number.to_bytes(4, "little") if number else b""
 
 
 def _decoded(step: Any, index: int, cv2: Any) -> Any:

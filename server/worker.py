@@ -103,6 +103,7 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
                         f"this worker serves {name}, not {loggable(header.function)}",
                     )
                 params = stream.check_params(name, header.params, self._function.params)
+                self._function.check(params)
                 if self._uploads is not None:
                     received = await self._receive(request_iterator, context)
                 await self._admission.acquire(context.time_remaining())

@@ -296,6 +296,36 @@ def test_base64_text_of_an_image(fn: Function, grace_bytes: bytes, wrap: str) ->
     assert detect(fn, text) == detect(fn, grace_bytes)
 
 
+@pytest.mark.parametrize("size", [1, 3, 4, 7, 1000])
+def test_base64_in_pieces_of_any_size_is_decoded_as_it_streams(
+    grace_bytes: bytes, size: int
+) -> None:
+    text = b"data:image/jpeg;base64," + base64.encodebytes(grace_bytes)
+    pieces = [text[i : i + size] for i in range(0, len(text), size)]
+    assert images.read_input(pieces) == grace_bytes
+    assert images.read_input([grace_bytes[:5], grace_bytes[5:]]) == grace_bytes
+
+
+@pytest.mark.parametrize(
+    "first, message",
+    [
+        (b"this is plain text, not base64 at all\n", "not an image"),
+        (base64.b64encode(b"words, words and more words: no image here"),
+         "base64 but not of an image"),
+        (b"QUJD=QUJD" * 4, "not an image"),  # padding in the middle
+    ],
+)
+def test_input_that_is_not_an_image_is_refused_at_its_first_bytes(
+    first: bytes, message: str
+) -> None:
+    def upload() -> Iterator[bytes]:
+        yield first
+        raise AssertionError("read past the bytes that already showed it is not an image")
+
+    with pytest.raises(InvalidInput, match=message):
+        images.read_input(upload())
+
+
 def test_grayscale_and_16_bit_grayscale(
     fn: Function, reference: Any, labels: dict[int, str], grace_rgb: np.ndarray
 ) -> None:
@@ -516,10 +546,121 @@ def test_real_mostly_empty_huge_png_is_refused() -> None:
         images.decode_image(data)
 
 
-def test_max_pixels_option_lowers_the_limit(grace_bytes: bytes) -> None:
-    with pytest.raises(InvalidInput, match=r"limit is 0\.1 megapixels"):
-        images.decode_image(grace_bytes, max_pixels=100_000)
-    assert images.decode_image(grace_bytes, max_pixels=512 * 600).width == 512
+def test_max_pixels_option_lowers_the_limit(grace_bytes: bytes, grace_rgb: np.ndarray) -> None:
+    png = encode(Image.fromarray(grace_rgb), "PNG")
+    refused = r"512x600 \(0\.3 megapixels\); the limit is 0\.1 megapixels"
+    with pytest.raises(InvalidInput, match=refused):
+        images.decode_image(png, max_pixels=100_000)
+    assert images.decode_image(png, max_pixels=512 * 600).rgb.shape == (600, 512, 3)
+    # A JPEG is decoded at the DCT scale that fits instead: 1/2 here, full size kept.
+    small = images.decode_image(grace_bytes, max_pixels=100_000)
+    assert small.rgb.shape == (300, 256, 3) and (small.width, small.height) == (512, 600)
+    with pytest.raises(InvalidInput, match=r"64x75 even at 1/8 scale\); the limit is 0\.001"):
+        images.decode_image(grace_bytes, max_pixels=1000)
+
+
+def test_the_webp_bomb_is_refused_from_its_header() -> None:
+    """1.9 KB declaring 16383x3000: refused before a pixel is decoded, JSON or drawn."""
+    bomb = encode(Image.new("RGB", (16_383, 3000), (120, 130, 140)), "WEBP", lossless=True)
+    assert len(bomb) < 4000
+    for picture in (False, True):
+        with pytest.raises(InvalidInput, match=r"16383x3000 \(49\.1 megapixels\); the limit is 16"):
+            with images.decoding(images.read_input([bomb]), picture=picture, reduce_to=300):
+                pass
+
+
+def test_each_path_is_charged_what_it_holds_at_most() -> None:
+    assert images.cost_per_pixel("PNG", picture=False) == images.BYTES_PER_PIXEL == 8
+    assert images.cost_per_pixel("JPEG", picture=True) == images.BYTES_PER_PIXEL_DRAWN == 10
+    assert images.cost_per_pixel("WEBP", picture=False) == images.BYTES_PER_PIXEL_WEBP == 16
+    assert images.cost_per_pixel("WEBP", picture=True) == 16
+
+
+def test_the_budget_is_held_while_decoding_and_given_back(grace_rgb: np.ndarray) -> None:
+    png = encode(Image.fromarray(grace_rgb), "PNG")
+    budget = images.MemoryBudget(10 * 512 * 600)
+    with images.decoding(png, budget=budget, picture=True) as image:
+        assert budget.held == 10 * 512 * 600, "drawn: 10 bytes a pixel"
+        assert image.picture is not None and image.picture.size == (512, 600)
+    assert budget.held == 0
+    with pytest.raises(InvalidInput, match="not an image"):
+        with images.decoding(b"GIF89a" + b"\x00" * 40, budget=budget):
+            pass
+    assert budget.held == 0
+    with pytest.raises(InvalidInput, match="MiB to decode"):
+        with images.decoding(png, budget=images.MemoryBudget(1000)):
+            pass
+
+
+def test_a_call_that_does_not_fit_waits_its_turn_in_order() -> None:
+    budget = images.MemoryBudget(100)
+    order: list[str] = []
+    release = threading.Event()
+
+    def take(name: str, cost: int) -> None:
+        with budget.hold(cost):
+            order.append(name)
+            if name == "first":
+                release.wait(30)
+
+    first = threading.Thread(target=take, args=("first", 80))
+    first.start()
+    wait_until(lambda: budget.held == 80)
+    big = threading.Thread(target=take, args=("big", 60))
+    big.start()
+    wait_until(lambda: budget.waiting == 1)
+    small = threading.Thread(target=take, args=("small", 10))  # fits now, but comes later
+    small.start()
+    wait_until(lambda: budget.waiting == 2)
+    assert order == ["first"]
+    release.set()
+    for thread in (first, big, small):
+        thread.join(30)
+    assert order == ["first", "big", "small"] and budget.held == 0
+
+
+def wait_until(condition: Any, timeout: float = 30.0) -> None:
+    deadline = threading.Event()
+    timer = threading.Timer(timeout, deadline.set)
+    timer.start()
+    try:
+        while not condition():
+            assert not deadline.wait(0.005), "timed out"
+    finally:
+        timer.cancel()
+
+
+def test_annotate_draws_a_jpeg_over_the_cap_at_the_scale_that_fits(
+    model_dir: Path, grace_bytes: bytes, grace_rgb: np.ndarray
+) -> None:
+    function = ssd.create({"model_dir": str(model_dir), "interpreters": 1, "max_pixels": 100_000})
+    try:
+        png = b"".join(call(function, grace_bytes, annotate="true", threshold=1).parts)
+        with Image.open(io.BytesIO(png)) as drawn:
+            assert drawn.size == (256, 300)
+            with Image.open(io.BytesIO(grace_bytes)) as photo:
+                photo.draft("RGB", (256, 300))
+                assert np.array_equal(np.asarray(drawn.convert("RGB")), np.asarray(photo))
+        with pytest.raises(InvalidInput, match="limit is 0.1 megapixels"):
+            call(function, encode(Image.fromarray(grace_rgb), "PNG"), annotate="true")
+    finally:
+        function.close()
+
+
+def test_big_pictures_of_any_format_are_reduced_like_a_jpeg(
+    fn: Function, reference: Any, labels: dict[int, str], grace_rgb: np.ndarray
+) -> None:
+    big = Image.fromarray(grace_rgb).resize((2048, 2400), Image.Resampling.LANCZOS)
+    body = detect(fn, encode(big, "PNG"), threshold=0.3)
+    assert (body["width"], body["height"]) == (2048, 2400)
+    reduced = np.asarray(big.reduce(4))  # both sides stay >= 300: 1/4, as a JPEG's draft
+    same(body["detections"], run_reference(reference, reduced, 2048, 2400, labels, 0.3))
+    person(body["detections"])
+
+
+def test_decode_memory_option_must_hold_the_costliest_call(model_dir: Path) -> None:
+    with pytest.raises(ValueError, match=r"decode_memory_mib \(100\) must be at least 245"):
+        ssd.create({"model_dir": str(model_dir), "decode_memory_mib": 100})
 
 
 def _small_samples() -> list[bytes]:
@@ -570,6 +711,18 @@ def test_missing_model_says_run_make_model(tmp_path: Path, model_dir: Path) -> N
     (tmp_path / MODEL_NAME).write_bytes((model_dir / MODEL_NAME).read_bytes()[:1000])
     with pytest.raises(detector.ModelMissing, match=r"1000 bytes.*run `make model`"):
         detector.Detector.load(tmp_path)
+
+
+def test_a_model_with_one_byte_changed_is_refused_at_load(tmp_path: Path, model_dir: Path) -> None:
+    for name in (MODEL_NAME, LABELS_NAME):
+        (tmp_path / name).write_bytes((model_dir / name).read_bytes())
+    detector.check_model_dir(tmp_path)  # the faithful copy loads
+    data = bytearray((tmp_path / MODEL_NAME).read_bytes())
+    data[len(data) // 2] ^= 0x01  # same size, one bit of one weight
+    (tmp_path / MODEL_NAME).write_bytes(bytes(data))
+    with pytest.raises(detector.ModelMissing, match=r"fails its checksum.*run `make model`") as err:
+        detector.Detector.load(tmp_path, interpreters=1)
+    assert "\n" not in err.value.message and err.value.status == "UNAVAILABLE"
 
 
 def test_bad_options_are_refused(model_dir: Path) -> None:

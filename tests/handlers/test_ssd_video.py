@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -269,7 +272,8 @@ def test_text_formats_that_open_other_files_are_refused(fn, videos, spool):
 @pytest.mark.parametrize(
     "params",
     [{"max_frames": "0"}, {"max_frames": "1001"}, {"stride": "0"}, {"stride": "x"},
-     {"threshold": "1.5"}, {"max_detections": "0"}],
+     {"threshold": "1.5"}, {"max_detections": "0"}, {"max_frames": "1000", "stride": "20"},
+     {"max_frames": "101", "stride": "10"}],
 )
 def test_bad_params_fail_before_reading_the_input(fn, params):
     def untouched() -> Iterator[bytes]:
@@ -278,6 +282,62 @@ def test_bad_params_fail_before_reading_the_input(fn, params):
 
     with pytest.raises(InvalidInput, match=next(iter(params))):
         fn.handle(Request(Params(params), untouched()))
+
+
+def test_frames_decoded_are_bounded_whatever_max_frames_and_stride_say(fn, videos):
+    def untouched() -> Iterator[bytes]:
+        raise AssertionError("the input must not be read")
+        yield b""
+
+    with pytest.raises(InvalidInput) as err:
+        fn.handle(Request(Params({"max_frames": "1000", "stride": "20"}), untouched()))
+    assert err.value.message == (
+        "params max_frames and stride: max_frames x stride = 1000 x 20 = 20000 frames to "
+        "decode, over the limit of 1000; ask for fewer frames or a smaller stride"
+    )
+    # At the bound exactly, the call runs (and this clip ends first).
+    *frames, summary = results(fn, videos["short"], max_frames=500, stride=2)
+    assert [f["frame"] for f in frames] == [1, 3] and summary["frames_read"] == 4
+
+
+def test_pixels_decoded_are_bounded_by_what_the_stream_declares():
+    def settings(max_frames: int, stride: int) -> Any:
+        return ssd_video._Settings(max_frames, stride, 0.5, 20)
+
+    uhd, hd = 3840 * 2160, 1280 * 720
+    ssd_video._check_decode_budget(settings(1000, 1), hd, 0)  # 1000 frames of 720p: the bound
+    ssd_video._check_decode_budget(settings(500, 2), uhd, 6)  # a 6-frame clip ends first
+    ssd_video._check_decode_budget(settings(111, 1), uhd, 0)
+    with pytest.raises(InvalidInput) as err:
+        ssd_video._check_decode_budget(settings(10, 30), uhd, 2000)
+    assert err.value.message == (
+        "params max_frames and stride: 10 x 30 asks to decode 300 frames of 8.3 megapixels, "
+        "over the limit of 0.92 gigapixels a call; ask for max_frames x stride <= 111"
+    )
+    with pytest.raises(InvalidInput, match="1001 frames"):
+        ssd_video._check_decode_budget(settings(1001, 1), hd, -1)  # no count declared
+
+
+def test_frame_memory_is_sized_for_4k_in_8_bit_4_2_0():
+    assert ssd_video.frame_cost(3840, 2160, b"I420") == ssd_video.FRAME_MEMORY
+    assert ssd_video.FRAME_MEMORY == 3840 * 2160 * 33  # 18 frames x 1.5 bytes + 2 BGR copies
+    assert ssd_video.frame_cost(1920, 1080, b"") <= ssd_video.FRAME_MEMORY  # unknown: 6 bytes
+    assert ssd_video.frame_cost(2560, 1440, b"Y3\x0b\x0a") > ssd_video.FRAME_MEMORY
+
+
+def test_frames_over_the_memory_bound_are_refused_before_decoding(fn, tmp_path):
+    at_bound = make_video(tmp_path / "uhd.mp4", 1, size=(3840, 2160))
+    *frames, summary = results(fn, at_bound)
+    assert [f["frame"] for f in frames] == [1] and (summary["width"], summary["height"]) == (
+        3840, 2160,
+    )
+    over = make_video(tmp_path / "over.mp4", 1, size=(4000, 2208))
+    with pytest.raises(InvalidInput) as err:
+        results(fn, over)
+    assert err.value.message == (
+        "video frames are 4000x2208 (8.8 megapixels, pixel format 'I420'); the limit is "
+        "8.3 megapixels in this format (3840x2160 in 8-bit 4:2:0)"
+    )
 
 
 # --------------------------------------------------------------------------- spooling
@@ -296,6 +356,10 @@ def test_the_upload_is_spooled_chunk_by_chunk_to_a_private_file(fn, videos, spoo
             (spooled,) = spool.iterdir()
             seen.append((given, spooled.stat().st_size))
             assert oct(spooled.stat().st_mode & 0o777) == oct(0o600)
+            assert spooled.name.startswith(f"ssd-video-{os.getpid()}-"), "named after its owner"
+            with open(spooled, "rb") as other:
+                with pytest.raises(BlockingIOError):  # and locked by it
+                    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     reply = fn.handle(Request(Params({}), watched()))
     assert not seen, "nothing is read before the parts are asked for"
@@ -332,6 +396,40 @@ def test_the_spool_file_is_removed_after_an_error(fn, spool):
     assert list(spool.iterdir()) == []
 
 
+def test_the_sweep_removes_only_files_nobody_holds(tmp_path, caplog):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / f"ssd-video-{dead.pid}-abandoned"
+    left.write_bytes(b"half an upload")
+    mine = tmp_path / f"ssd-video-{os.getpid()}-before-a-restart"  # a restarted pid 1's
+    mine.write_bytes(b"the upload of the process that had our pid")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        locked = tmp_path / f"ssd-video-{dead.pid}-in-use"  # whatever its name: locked
+        locked.write_bytes(b"an upload in progress")
+        fresh = tmp_path / f"ssd-video-{sleeper.pid}-just-made"  # live owner, lock to come
+        fresh.write_bytes(b"")
+        unrelated = tmp_path / "someone-elses.mp4"
+        unrelated.write_bytes(b"not ours")
+        (tmp_path / "ssd-video-a-directory").mkdir()
+        with open(locked, "rb") as holder:
+            fcntl.flock(holder, fcntl.LOCK_EX)
+            with caplog.at_level("WARNING", logger="handlers.ssd_video"):
+                assert ssd_video.sweep_spool(tmp_path) == sorted([left.name, mine.name])
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            [locked.name, fresh.name, unrelated.name, "ssd-video-a-directory"]
+        )
+        assert (
+            f"swept 2 spool file(s) left in {tmp_path} by workers that died: "
+            + ", ".join(sorted([left.name, mine.name]))
+        ) in caplog.text
+        assert ssd_video.sweep_spool(tmp_path) == [locked.name], "its holder is gone now"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert ssd_video.sweep_spool(tmp_path) == [fresh.name], "its owner is gone now"
+
+
 def test_spool_dir_defaults_to_dcf_spool_dir(tmp_path, monkeypatch, videos):
     target = tmp_path / "from-env" / "nested"
     monkeypatch.setenv("DCF_SPOOL_DIR", str(target))
@@ -349,9 +447,6 @@ def test_spool_dir_defaults_to_dcf_spool_dir(tmp_path, monkeypatch, videos):
 
 def test_module_import_is_light():
     # The gateway imports handler modules for their params; keep TensorFlow out.
-    import subprocess
-    import sys
-
     done = subprocess.run(
         [sys.executable, "-c",
          "import sys, handlers.ssd_video; assert 'tensorflow' not in sys.modules "

@@ -76,3 +76,21 @@ def test_worker_without_model_refuses_to_start_and_says_how(tmp_path):
     )
     assert done.returncode != 0
     assert "make model" in done.stderr
+    # One line that says what and how, not a traceback.
+    assert "Traceback" not in done.stderr
+    assert f"worker ssd cannot start: model file {tmp_path}" in done.stderr
+
+
+def test_a_decompression_bomb_is_refused_and_the_worker_keeps_serving(stub):
+    bomb = io.BytesIO()
+    Image.new("RGB", (16_383, 3000), (120, 130, 140)).save(bomb, "WEBP", lossless=True)
+    assert len(bomb.getvalue()) < 4000
+    for params in ({}, {"annotate": "true"}):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Invoke(dcf_pb2.InvokeRequest(function="ssd", input=bomb.getvalue(), params=params))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == (
+            "image is 16383x3000 (49.1 megapixels); the limit is 16 megapixels"
+        )
+    reply = stub.Invoke(dcf_pb2.InvokeRequest(function="ssd", input=PHOTO.read_bytes()))
+    assert json.loads(reply.output)["width"] == 512
