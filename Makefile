@@ -16,11 +16,12 @@ LOCK      := requirements.lock
 TEST_LOCK := requirements-test.lock
 MODEL     := models/mobilenet_ssd_v2_coco_quant_postprocess.tflite
 
-.PHONY: setup run test bench proto model browser lock clean help
+.PHONY: setup run test test-fast bench proto model browser lock clean help
 
 help:
 	@echo "make run     serve on 127.0.0.1:50051 (gateway and workers), web page on http://127.0.0.1:8080/"
 	@echo "make test    run the test suite"
+	@echo "make test-fast  the tests that start no service (in-process, no TensorFlow): seconds"
 	@echo "make bench   measure, print a table, save it under bench/results/"
 	@echo "make setup   virtual environment, generated code and model only"
 	@echo "make lock    setup.cfg into the lock files (LOCK_ARGS=--upgrade: to the newest allowed)"
@@ -72,6 +73,11 @@ run: setup
 
 test: setup browser
 	$(PY) -m pytest
+
+# The fast tier: tests/unit/ alone, in one process with no service started (no browser
+# needed); every other test is marked `service` by tests/conftest.py.
+test-fast: setup
+	$(PY) -m pytest -m "not service"
 
 bench: setup
 	$(PY) -m bench

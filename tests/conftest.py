@@ -1,13 +1,25 @@
-"""Fixtures: a real ``python -m server`` on free loopback ports, shared by the tests."""
+"""Fixtures: a real ``python -m server`` on free loopback ports, shared by the tests.
+
+Tests outside tests/unit/ start whole services (``python -m server`` subprocesses,
+the model and TensorFlow); they are marked ``service`` here, in one place, so that
+``make test-fast`` (``pytest -m "not service"``) runs tests/unit/ alone. Helpers
+tests share live in tests/support.py, not here.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
-from server.testing import ROOT, Service, free_port, start_service, wait_serving  # noqa: F401
+from protos.dcf.v1 import dcf_pb2_grpc
+from tests.support import Service, start_service
+
+# Still imported from here by test files not moved to tests.support yet; remove with them.
+from tests.support import ROOT, call_requests, collect_call, free_port, wait_serving  # noqa: F401
+
+UNIT_TESTS = Path(__file__).parent / "unit"
 
 # A function that raises, one with a small input limit, and one with a tiny queue,
 # beside the real ones.
@@ -43,23 +55,8 @@ def stub(dcf: Service) -> Iterator[dcf_pb2_grpc.GatewayStub]:
         yield dcf.gateway(channel)
 
 
-def call_requests(function: str, chunks, params: dict | None = None):
-    header = dcf_pb2.CallHeader(function=function)
-    header.params.update(params or {})
-    yield dcf_pb2.CallRequest(header=header)
-    for chunk in chunks:
-        yield dcf_pb2.CallRequest(chunk=chunk)
-
-
-def collect_call(responses) -> tuple[str, bytes, list[bytes]]:
-    """(content type, body from chunks, list of results) of a Call's responses."""
-    content_type, body, results = "", [], []
-    for response in responses:
-        kind = response.WhichOneof("kind")
-        if kind == "header":
-            content_type = response.header.content_type
-        elif kind == "chunk":
-            body.append(response.chunk)
-        else:
-            results.append(response.result)
-    return content_type, b"".join(body), results
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test outside tests/unit/ starts a service: mark it so."""
+    for item in items:
+        if UNIT_TESTS not in item.path.parents:
+            item.add_marker(pytest.mark.service)

@@ -12,7 +12,7 @@ import pytest
 
 from protos.dcf.v1 import dcf_pb2
 from tests import media
-from tests.conftest import ROOT, call_requests, collect_call
+from tests.support import ROOT, call_requests, collect_call
 
 
 def client(*args: str, stdin: bytes = b"", env: dict | None = None) -> subprocess.CompletedProcess:

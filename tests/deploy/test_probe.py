@@ -20,7 +20,7 @@ import pytest
 from server.probe import (
     ProbeError, check_grpc, check_http, check_tls, probe, server_command, target_of,
 )
-from server.testing import ROOT, free_port, wait_serving
+from tests.support import ROOT, free_port, wait_serving
 
 
 def start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -51,10 +51,9 @@ from PIL import Image
 
 from client.cli import parse_args, parse_params
 from protos.dcf.v1 import dcf_pb2
-from server.testing import ROOT, Service, start_service
 from tests import media
-from tests.conftest import call_requests, collect_call
 from tests.docs.examples import Example, all_examples, examples_in, skip_reason
+from tests.support import ROOT, Service, call_requests, collect_call, start_service
 
 EXAMPLES = all_examples(ROOT)
 FUNCTIONS = ["hello-dcf", "ssd", "send-wav", "ssd-video"]

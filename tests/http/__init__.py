@@ -30,7 +30,7 @@ import h11
 import matplotlib
 import numpy as np
 
-from server.testing import ROOT, free_port, wait_listening, wait_serving
+from tests.support import ROOT, free_port, wait_listening, wait_serving
 
 GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 MiB = 1 << 20

@@ -23,12 +23,13 @@ import httpx
 import pytest
 from PIL import Image
 
+from server.config import parse_size
 from server.http_api import http_status
-from server.testing import ROOT, Service, free_port, metric, wait_listening, wait_serving
 from tests.http import (
     GRACE_HOPPER, HELLO, MiB, Duplex, PeakRss, paused, small_service, video_file, wait_for,
     wav_bytes, worker_pid,
 )
+from tests.support import ROOT, Service, free_port, metric, wait_listening, wait_serving
 
 JSON_ERROR_KEYS = {"code", "message"}
 
@@ -293,10 +294,10 @@ def test_a_function_bug_is_500_without_its_traceback(api, dcf):
 
 
 def test_body_over_the_limit_is_413_before_the_rest_is_sent(dcf):
-    """ssd takes at most 64 MiB. Declare 1 GiB, send 64 MiB + 1 and stop: the 413
-    comes without the rest of the body (a front that read it all first would hang).
-    The body begins as a photo does, since ssd refuses a non-image at its first bytes."""
-    limit = 64 * MiB
+    """Declare 1 GiB, send ssd's limit + 1 byte and stop: the 413 comes without the rest
+    of the body (a front that read it all first would hang). The body begins as a
+    photo does, since ssd refuses a non-image at its first bytes."""
+    limit = parse_size(dcf.document["functions"]["ssd"]["max_input_bytes"], "ssd")
     with Duplex(dcf.http_port, "/v1/functions/ssd", 1 << 30, timeout=20) as call:
         photo = GRACE_HOPPER.read_bytes()
         call.send(photo + b"\0" * (MiB - len(photo)))

@@ -12,8 +12,8 @@ from typing import Iterator
 
 import pytest
 
-from server.testing import ROOT, Service
 from tests.http import GRACE_HOPPER, paused, video_file, wav_bytes, worker_pid
+from tests.support import ROOT, Service
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [

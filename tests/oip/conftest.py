@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
-from server.testing import ROOT
+from tests.support import ROOT
 
 PROBE = Path(__file__).with_name("triton_probe.py")
 PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"

@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from protos.dcf.v1 import dcf_pb2
 from protos.inference import grpc_predict_v2_pb2 as pb
 from protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
-from server.testing import ROOT, metric
+from tests.support import ROOT, metric
 
 SERVICE = "inference.GRPCInferenceService"
 

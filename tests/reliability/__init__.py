@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
-from server.testing import Service
+from tests.support import Service
 
 # The codes a caller may ever see for its own input: anything else is a bug.
 ACCEPTABLE = {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}

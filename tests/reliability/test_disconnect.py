@@ -54,13 +54,13 @@ from typing import Callable, Iterator
 import pytest
 
 from protos.dcf.v1 import dcf_pb2
-from server.testing import ROOT, Service, metric, start_service
 from server.worker import DEFAULT_CONCURRENCY
 from tests import media
 from tests.reliability import (
     GRPC_POOL_IDLE_LIMIT, MB, invoke, log_since, pieces, rss, thread_count,
     worker_pids,
 )
+from tests.support import ROOT, Service, metric, start_service
 
 CYCLES = 30
 WARM_CYCLES = 10

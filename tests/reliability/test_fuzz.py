@@ -35,11 +35,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
-from server.testing import Service
 from tests import media
 from tests.reliability import (
     ACCEPTABLE, Outcome, call, health, invoke, log_since, log_size, pieces, worker_starts,
 )
+from tests.support import Service
 
 TIMEOUT = 60.0  # per call; a hang shows as DEADLINE_EXCEEDED, which fails the test
 FUNCTIONS = ("hello-dcf", "ssd", "send-wav", "ssd-video")

@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from protos.dcf.v1 import dcf_pb2_grpc
-from server.testing import Service, metric
 from tests import media
 from tests.reliability import (
     MB, Outcome, call, health, invoke, log_since, log_size, pieces, rss,
     worker_pids, worker_starts,
 )
+from tests.support import Service, metric
 
 CLIENTS = 16
 DURATION = float(os.environ.get("DCF_LOAD_SECONDS", "30"))

@@ -23,10 +23,11 @@ import grpc
 import pytest
 
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
-from server.testing import ROOT, Service, free_port, metric, start_service, wait_serving
 from tests import media
-from tests.conftest import call_requests, collect_call
 from tests.reliability import worker_pids
+from tests.support import (
+    ROOT, Service, call_requests, collect_call, free_port, metric, start_service, wait_serving,
+)
 
 TOKEN = "caller-secret"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)

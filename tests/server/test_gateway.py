@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
-from tests.conftest import ROOT, call_requests, collect_call, free_port, wait_serving
+from tests.support import ROOT, call_requests, collect_call, free_port, wait_serving
 
 MiB = 1 << 20
 

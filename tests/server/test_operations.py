@@ -16,8 +16,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
-from server.testing import metric
-from tests.conftest import ROOT, call_requests, collect_call, free_port, start_service, wait_serving
+from tests.support import (
+    ROOT, call_requests, collect_call, free_port, metric, start_service, wait_serving,
+)
 
 
 def spawn(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:

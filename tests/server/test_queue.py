@@ -17,9 +17,8 @@ import grpc
 import pytest
 
 from protos.dcf.v1 import dcf_pb2
-from server.testing import Service, metric
 from tests import media
-from tests.conftest import call_requests, collect_call
+from tests.support import Service, call_requests, collect_call, metric
 
 TIMEOUT = 120.0
 

@@ -25,8 +25,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
-from server.testing import ROOT, free_port, wait_serving
-from tests.conftest import call_requests, collect_call
+from tests.support import ROOT, call_requests, collect_call, free_port, wait_serving
 
 FAULTS = ("before reading", "after the header", "after one chunk", "after the half-close")
 KiB = 1 << 10
