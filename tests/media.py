@@ -252,3 +252,32 @@ def mjpeg_with_size(data: bytes, width: int, height: int) -> bytes:
     if not found:
         raise ValueError("no baseline start-of-frame marker")
     return bytes(out)
+
+
+def make_video(
+    path: Path, frames: int, size: tuple[int, int] = (320, 240), fourcc: str = "mp4v",
+    fps: float = 25.0,
+) -> bytes:
+    """grace_hopper.jpg panned and zoomed, ``frames`` frames of ``size``: a person in each."""
+    import cv2
+
+    photo = cv2.imread(str(GRACE))
+    assert photo is not None, f"matplotlib sample photo missing: {GRACE}"
+    photo_h, photo_w = photo.shape[:2]
+    width, height = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+    assert writer.isOpened(), f"this OpenCV cannot write {fourcc} to {path.suffix}"
+    try:
+        for k in range(frames):
+            t = k / max(frames - 1, 1)
+            crop_w = photo_w * (1.0 - 0.25 * t)  # zoom in to three quarters
+            crop_h = min(crop_w * height / width, photo_h)
+            crop_w = crop_h * width / height
+            x0 = (photo_w - crop_w) * (0.5 + 0.5 * np.sin(2 * np.pi * t))  # pan sideways
+            y0 = (photo_h - crop_h) * 0.3 * t  # and down
+            scale_x, scale_y = width / crop_w, height / crop_h
+            matrix = np.array([[scale_x, 0, -x0 * scale_x], [0, scale_y, -y0 * scale_y]])
+            writer.write(cv2.warpAffine(photo, matrix, size, borderMode=cv2.BORDER_REFLECT))
+    finally:
+        writer.release()
+    return path.read_bytes()

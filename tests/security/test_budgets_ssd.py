@@ -35,8 +35,8 @@ from PIL import Image
 
 from handlers.model_fetch import MODEL_FILES, MODEL_NAME, default_model_dir
 from server.testing import ROOT, Service, free_port, start_service, wait_serving
-from tests.conftest import call_requests
-from tests.handlers.test_ssd_video import make_video
+from tests.support import call_requests
+from tests.media import make_video
 
 MIB = 1 << 20
 CHUNK = 1 << 20

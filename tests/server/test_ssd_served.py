@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from protos.dcf.v1 import dcf_pb2
-from tests.conftest import ROOT, call_requests, collect_call
+from tests.support import ROOT, call_requests, collect_call
 
 PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 

@@ -24,8 +24,8 @@ import pytest
 
 from protos.dcf.v1 import dcf_pb2
 from server.testing import Service, start_service
-from tests.conftest import ROOT, call_requests, collect_call
-from tests.handlers.test_ssd_video import make_video
+from tests.support import ROOT, call_requests, collect_call
+from tests.media import make_video
 
 CHUNK = 64 * 1024
 
