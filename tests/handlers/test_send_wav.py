@@ -1,9 +1,14 @@
-"""send-wav, called as the worker host calls it: bytes and params in, PNG parts out.
+"""send-wav, called as the worker host calls it and through a served instance.
 
-Audio is generated here (scipy's writer, the wave module, or headers packed by
-hand), and pictures are checked by where the energy lands, computed from the
-spec (0 Hz at the bottom, Nyquist at the top, bin k drawn as the band centred on
-(k + 0.5) / bins of the height), not from the handler's own mapping code.
+The picture is checked against the original procedure (bench/original_send_wav.py,
+matplotlib's "plotstft"): the served PNG's plot area beside the original's, the
+colorbar's numbers read back from the pixels (the glyphs are matched against the
+font they are drawn in) beside the original's colour range, and the colour of a
+tone of known amplitude read back through that colorbar beside the decibels the
+original's formula gives it. Where the energy lands is computed from the spec (0 Hz
+at the bottom, Nyquist at the top, bin k drawn as the band centred on (k + 0.5) /
+bins of the height), not from the handler's own mapping code. Audio is generated
+here (scipy's writer, the wave module, or headers packed by hand).
 """
 
 from __future__ import annotations
@@ -13,32 +18,49 @@ import math
 import struct
 import warnings
 import wave
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from scipy.io import wavfile
 from scipy.signal import ShortTimeFFT
 from scipy.signal.windows import hann
 
+from bench import original_send_wav as original
 from handlers import send_wav
-from handlers.base import InvalidInput, Params, Request
-from handlers.wav import read_wav
+from handlers.base import InvalidInput, Params, Request, TooLarge
+from handlers.wav import FLOAT_LIMIT, open_wav, read_wav
+from tests.conftest import call_requests, collect_call
 from tests.media import tone, wav  # shared with the other tests
 
 RATE = 44100
 BINS = 513  # binsize 1024
+CHUNK = 64 * 1024  # the input is fed in pieces, as the host feeds it
+# Plot areas of ours and the original's, box-averaged to this grid (time x frequency),
+# differ on average by at most this much per colour channel (0..255), and no cell
+# by more than MAX_CELL_DIFFERENCE. Measured: 1.8 and 23 (int16, float32, int32).
+GRID = (60, 30)
+MEAN_DIFFERENCE = 5.0
+MAX_CELL_DIFFERENCE = 48.0
 
 
 @pytest.fixture(scope="module")
 def fn():
-    return send_wav.create({})
+    function = send_wav.create({})
+    yield function
+    function.close()
+
+
+def pieces(data: bytes, size: int = CHUNK) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)] or [b""]
 
 
 def call(fn, data: bytes, **params: str) -> bytes:
-    reply = fn.handle(Request(Params(params), iter([data])))
+    reply = fn.handle(Request(Params(params), iter(pieces(data))))
     assert reply.content_type == "image/png"
     return b"".join(reply.parts)
 
@@ -47,6 +69,10 @@ def picture(png: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(png))
     image.load()
     return image
+
+
+def rgb_of(png: bytes) -> np.ndarray:
+    return np.asarray(picture(png).convert("RGB")).astype(np.int64)
 
 
 def grey(png: bytes) -> np.ndarray:
@@ -78,6 +104,24 @@ def extensible(samples: np.ndarray, rate: int = RATE) -> bytes:
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
+def with_data_size(data: bytes, size: int) -> bytes:
+    """The WAV with its data chunk's declared size replaced (scipy writes it at 40)."""
+    assert data[36:40] == b"data"
+    return data[:40] + struct.pack("<I", size) + data[44:]
+
+
+def structured(seconds: float = 4.0, dtype=np.int16, rate: int = RATE) -> bytes:
+    """Something with structure: a chirp from 200 Hz to 8 kHz, steady tones at 3 and
+    12 kHz, and digital silence from 37.5% to 50% of the time."""
+    t = np.arange(int(seconds * rate)) / rate
+    samples = 0.4 * np.sin(2 * np.pi * (200 * t + 0.5 * (8000 - 200) / seconds * t * t))
+    samples += 0.1 * np.sin(2 * np.pi * 3000 * t) + 0.01 * np.sin(2 * np.pi * 12000 * t)
+    samples[int(0.375 * len(t)):int(0.5 * len(t))] = 0.0
+    if dtype == "int24":
+        return wav24(samples, rate)
+    return wav(samples, rate, dtype)
+
+
 def expected_row(hz: float, height: int, rate: int = RATE, binsize: int = 1024) -> float:
     """Picture row (0 = top) of a frequency on the linear axis."""
     bins = binsize // 2 + 1
@@ -93,6 +137,213 @@ def assert_tone_row(png: bytes, hz: float, height: int = 750, rate: int = RATE) 
     one_bin = height / BINS
     row = brightest_row(png)
     assert abs(row - expected_row(hz, height, rate)) <= one_bin + 1, (row, hz)
+
+
+# -- reading a labelled picture back: the plot, the colorbar and its numbers ------------
+
+
+def plot_box(rgb: np.ndarray) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the plot inside its black frame: the frame's
+    vertical lines are the first columns that are black over most of the height."""
+    black = rgb.max(axis=2) < 60
+    columns = np.flatnonzero(black.mean(axis=0) > 0.5)
+    left, right = int(columns[0]) + 1, int(columns[1])
+    rows = np.flatnonzero(black[:, left:right].mean(axis=1) > 0.5)
+    return left, int(rows[0]) + 1, right, int(rows[1])
+
+
+def reduced(rgb: np.ndarray) -> np.ndarray:
+    """A plot area box-averaged to GRID, as float."""
+    image = Image.fromarray(rgb.astype(np.uint8)).resize(GRID, Image.Resampling.BOX)
+    return np.asarray(image).astype(np.float64)
+
+
+def plot_difference(ours_png: bytes, theirs: original.OriginalPicture) -> np.ndarray:
+    """Per cell of GRID, the mean over RGB of |ours - original| in their plot areas."""
+    ours = rgb_of(ours_png)
+    left, top, right, bottom = plot_box(ours)
+    o_left, o_top, o_right, o_bottom = theirs.plot_box
+    original_rgb = rgb_of(theirs.png)[o_top:o_bottom, o_left:o_right]
+    return np.abs(reduced(ours[top:bottom, left:right]) - reduced(original_rgb)).mean(axis=2)
+
+
+@dataclass(frozen=True)
+class Colorbar:
+    """The colorbar as drawn: its colour per row, and its ticks read back as numbers."""
+
+    top: int  # first row of the bar
+    bottom: int  # one past its last row
+    colours: np.ndarray  # (bottom - top, 3), the bar's colour on each row
+    ticks: list[tuple[int, float]]  # (row, value) per tick mark, top to bottom
+
+    def decibels_at(self, row: float) -> float:
+        """The dB value of a row, by a line through the ticks (residuals checked)."""
+        rows, values = np.array(self.ticks, dtype=np.float64).T
+        slope, intercept = np.polyfit(rows, values, 1)
+        return float(slope * row + intercept)
+
+    def residual_rows(self) -> float:
+        rows, values = np.array(self.ticks, dtype=np.float64).T
+        slope, intercept = np.polyfit(rows, values, 1)
+        return float(np.max(np.abs((values - intercept) / slope - rows)))
+
+    def low_high(self) -> tuple[float, float]:
+        """The dB at the bar's bottom edge and at its top edge."""
+        return self.decibels_at(self.bottom), self.decibels_at(self.top)
+
+    def decibels_of(self, colours: np.ndarray) -> np.ndarray:
+        """dB of each colour: the row of the bar with the nearest colour, through the ticks."""
+        distance = ((colours[:, None, :] - self.colours[None, :, :]) ** 2).sum(axis=2)
+        rows = self.top + np.argmin(distance, axis=1) + 0.5
+        return np.array([self.decibels_at(row) for row in rows])
+
+
+def read_colorbar(rgb: np.ndarray) -> Colorbar:
+    coloured = (rgb[..., 0] != rgb[..., 1]) | (rgb[..., 1] != rgb[..., 2])
+    columns = np.flatnonzero(coloured.mean(axis=0) > 0.5)
+    runs = np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1)
+    bar_left, bar_right = int(runs[-1][0]), int(runs[-1][-1]) + 1  # the rightmost run
+    rows = np.flatnonzero(coloured[:, (bar_left + bar_right) // 2])
+    top, bottom = int(rows[0]), int(rows[-1]) + 1
+    black = rgb.max(axis=2) < 60
+    coverage = np.pad(255.0 - rgb.mean(axis=2), ((24, 24), (0, 0)))  # room above and below
+    ticks = []
+    for row in np.flatnonzero(black[:, bar_right + 1]):
+        x = bar_right
+        while black[row, x]:
+            x += 1
+        band = coverage[row:row + 49, x + 1:]  # rows row - 24 .. row + 24 of the picture
+        ticks.append((int(row), float(read_label(band, 24))))
+    colours = rgb[top:bottom, (bar_left + bar_right) // 2].astype(np.float64)
+    return Colorbar(top, bottom, colours, ticks)
+
+
+LABEL_GLYPHS = "0123456789-."
+
+
+@lru_cache(maxsize=None)
+def label_font(size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size)
+
+
+def _ink_columns(coverage: np.ndarray) -> np.ndarray:
+    return np.flatnonzero((coverage > 60).any(axis=0))
+
+
+def _rendered(text: str, size: int, shape: tuple[int, int], row: int, ink_x: int) -> np.ndarray:
+    """text drawn in the handler's font, anchored left-middle on ``row``, its ink from ink_x."""
+    image = Image.new("L", (shape[1] + 64, shape[0]), 0)
+    ImageDraw.Draw(image).text((32, row), text, fill=255, font=label_font(size), anchor="lm")
+    coverage = np.asarray(image, dtype=np.float64)
+    start = int(_ink_columns(coverage)[0]) - ink_x
+    return coverage[:, start:start + shape[1]]
+
+
+def _mismatch(coverage: np.ndarray, text: str, size: int, row: int, ink_x: int) -> float:
+    return float(np.abs(coverage - _rendered(text, size, coverage.shape, row, ink_x)).sum())
+
+
+def read_label(coverage: np.ndarray, row: int) -> str:
+    """The number drawn in ``coverage`` (ink 0..255) anchored on ``row``: glyph by glyph,
+    the character whose rendering in PIL's default font matches best, at the font size
+    whose digits are as tall as the ink."""
+    ink = _ink_columns(coverage)
+    gaps = np.flatnonzero(np.diff(ink) > 5)  # anything further right is another label
+    coverage = coverage[:, :int(ink[gaps[0]] if len(gaps) else ink[-1]) + 3]
+    rows = np.flatnonzero((coverage > 60).any(axis=1))
+    height = int(rows[-1] - rows[0] + 1)
+    best: tuple[float, str] | None = None
+    for size in range(9, 33):
+        box = label_font(size).getbbox("0")
+        if abs((box[3] - box[1]) - height) > 1:
+            continue
+        text, error = "", float(np.abs(coverage).sum())
+        while len(text) < 8:
+            tried = min((_mismatch(coverage, text + glyph, size, row, int(ink[0])), glyph)
+                        for glyph in LABEL_GLYPHS)
+            if tried[0] >= error:
+                break
+            error, text = tried[0], text + tried[1]
+        if best is None or error < best[0]:
+            best = (error, text)
+    assert best is not None and best[1], "no label could be read"
+    return best[1]
+
+
+# -- the picture beside the original's --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served_structured(dcf):
+    """The structured WAV through a served instance (streamed in chunks), and the
+    original procedure's picture of it."""
+    data = structured()
+    with dcf.channel() as channel:
+        stub = dcf.gateway(channel)
+        content_type, png, _ = collect_call(
+            stub.Call(call_requests("send-wav", pieces(data)), timeout=60))
+    assert content_type == "image/png"
+    return data, png, original.original_picture(data)
+
+
+def test_served_picture_matches_the_original(served_structured, fn):
+    data, png, theirs = served_structured
+    assert png == call(fn, data)  # served and in-process: the same bytes
+    difference = plot_difference(png, theirs)
+    assert difference.mean() <= MEAN_DIFFERENCE, difference.mean()
+    assert difference.max() <= MAX_CELL_DIFFERENCE, difference.max()
+    # The silence is white in both (no energy: -inf dB is left out of the colours).
+    ours = rgb_of(png)
+    left, top, right, bottom = plot_box(ours)
+    width = right - left
+    assert (ours[top:bottom, left + round(0.4 * width):left + round(0.47 * width)] == 255).all()
+
+
+def test_served_colorbar_numbers_are_the_originals_range(served_structured):
+    _, png, theirs = served_structured
+    bar = read_colorbar(rgb_of(png))
+    values = [value for _, value in bar.ticks]
+    assert len(values) >= 4
+    steps = np.diff(values)
+    assert np.allclose(steps, steps[0]) and steps[0] < 0, values  # evenly spaced, top down
+    assert bar.residual_rows() <= 1.0, bar.ticks  # each label sits at its value's height
+    low, high = bar.low_high()
+    assert abs(low - theirs.vmin) <= 0.5, (low, theirs.vmin)
+    assert abs(high - theirs.vmax) <= 0.5, (high, theirs.vmax)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int32, "int24"])
+def test_picture_matches_the_original_in_other_sample_formats(fn, dtype):
+    data = structured(2.0, dtype)
+    png, theirs = call(fn, data), original.original_picture(data)
+    difference = plot_difference(png, theirs)
+    assert difference.mean() <= MEAN_DIFFERENCE, difference.mean()
+    low, high = read_colorbar(rgb_of(png)).low_high()
+    assert abs(low - theirs.vmin) <= 0.5 and abs(high - theirs.vmax) <= 0.5, (
+        low, high, theirs.vmin, theirs.vmax)
+
+
+def test_a_tone_of_known_amplitude_shows_its_decibels(fn):
+    """Two tones on bin centres: 0.5 of full scale at bin 70 and 0.005 at bin 300. Each
+    shows |X| = amplitude * 32766 * sum(hann) / 2 in 16-bit units, which is
+    20 * log10(|X| / 1e-5) dB: 232.4 and 192.4. Their colours, read back through the
+    colorbar, must say so."""
+    window_gain = float(np.hanning(1024).sum()) / 2.0
+    t = np.arange(2 * RATE) / RATE
+    tones = {70: 0.5, 300: 0.005}
+    samples = sum(amp * np.sin(2 * np.pi * (k * RATE / 1024) * t) for k, amp in tones.items())
+    png = call(fn, wav(samples))
+    rgb = rgb_of(png)
+    bar = read_colorbar(rgb)
+    left, top, right, bottom = plot_box(rgb)
+    height = bottom - top
+    middle = slice(left + (right - left) // 4, right - (right - left) // 4)
+    for k, amplitude in tones.items():
+        expected = 20.0 * math.log10(amplitude * 32766 * window_gain / 1e-5)
+        row = top + round(expected_row(k * RATE / 1024, height))
+        near = rgb[row - 2:row + 3, middle].astype(np.float64)
+        shown = bar.decibels_of(near.reshape(-1, 3)).reshape(near.shape[:2]).max(axis=0)
+        assert abs(float(np.median(shown)) - expected) <= 1.5, (k, np.median(shown), expected)
 
 
 # -- the picture -------------------------------------------------------------------------
@@ -148,13 +399,13 @@ def test_log_scale_puts_a_tone_on_a_log_axis(fn):
     assert picture(call(fn, wav(tone(1000.0)), scale="log")).size == (1500, 750)
 
 
-def test_silence_renders_without_nan_or_warnings(fn):
+def test_silence_renders_white_without_nan_or_warnings(fn):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with np.errstate(all="raise"):
             bare = call(fn, wav(np.zeros(RATE)), colorbar="false")
             labelled = call(fn, wav(np.zeros(RATE)))
-    assert len(np.unique(np.asarray(picture(bare)))) == 1
+    assert (rgb_of(bare) == 255).all()  # no energy anywhere: white, as the original leaves it
     assert picture(labelled).size == (1500, 750)
 
 
@@ -166,23 +417,46 @@ def test_long_file_keeps_a_short_burst(fn):
     samples = 0.001 * rng.standard_normal(int(seconds * rate))
     start = int(at * rate)
     samples[start:start + 160] += tone(2000.0, 0.02, rate, 0.9)
-    png = call(fn, wav(samples, rate), colorbar="false", colormap="gray", width="300",
-               height="200")
-    image = grey(png)
-    row = round(expected_row(2000.0, 200, rate))
-    band = image[row - 1:row + 2].max(axis=0)
-    assert band.max() == image.max()
-    assert abs(int(np.argmax(band)) - at / seconds * 300) <= 2
-    assert np.median(band) < band.max() / 2
+    data = wav(samples, rate)
+    for sent in (data, with_data_size(data, 0xFFFFFFFF)):  # length known, and not
+        png = call(fn, sent, colorbar="false", colormap="gray", width="300", height="200")
+        image = grey(png)
+        row = round(expected_row(2000.0, 200, rate))
+        band = image[row - 1:row + 2].max(axis=0)
+        assert band.max() == image.max()
+        assert abs(int(np.argmax(band)) - at / seconds * 300) <= 2
+        assert band.max() - np.median(band) > 60  # it stands out of the noise around it
 
 
 def test_same_input_gives_the_same_bytes(fn):
     data = wav(tone(1000.0) + 0.01 * np.random.default_rng(1).standard_normal(RATE))
     first = call(fn, data)
     assert call(fn, data) == first
-    assert call(send_wav.create({}), data) == first
+    other = send_wav.create({})
+    assert call(other, data) == first
     assert call(fn, data, scale="log", colormap="viridis") == call(
-        send_wav.create({}), data, scale="log", colormap="viridis")
+        other, data, scale="log", colormap="viridis")
+    other.close()
+
+
+def test_how_the_input_is_cut_does_not_change_the_picture(fn):
+    """The WAV is read as it streams in: chunks that split the header, a frame or a
+    sample give the same bytes as the whole file in one piece."""
+    data = wav(np.stack([tone(1000.0, 0.2), tone(3000.0, 0.2)], axis=1))
+    whole = b"".join(fn.handle(Request(Params({}), iter([data]))).parts)
+    for size in (1, 3, 7, 4093, 65536):
+        assert call_in(fn, pieces(data, size)) == whole, size
+
+
+def call_in(fn, chunks: list[bytes], **params: str) -> bytes:
+    return b"".join(fn.handle(Request(Params(params), iter(chunks))).parts)
+
+
+def test_a_length_the_header_does_not_know_gives_the_same_picture(fn):
+    """A streaming writer's placeholder size (0xFFFFFFFF): the file is read to its end;
+    up to twice as many frames as columns the pooling is exactly the known length's."""
+    data = wav(tone(1000.0) + 0.01 * np.random.default_rng(2).standard_normal(RATE))
+    assert call(fn, with_data_size(data, 0xFFFFFFFF)) == call(fn, data)
 
 
 def test_concurrent_calls_match_serial_ones(fn):
@@ -210,7 +484,49 @@ def test_other_colormaps_are_used(fn):
     data = wav(tone(1000.0))
     assert call(fn, data, colormap="viridis") != call(fn, data)
     palette = picture(call(fn, data, colormap="gray", colorbar="false")).getpalette()
-    assert palette[:3] == [0, 0, 0]
+    assert palette[:6] == [255, 255, 255, 0, 0, 0]  # white for no energy, then gray's black
+
+
+def test_a_big_picture_is_a_valid_png(fn):
+    """Big pictures are deflated in pieces at once: the pieces make one valid stream."""
+    data = wav(0.1 * np.random.default_rng(5).standard_normal(RATE))
+    png = call(fn, data, width="2000", height="1000")
+    image = picture(png)
+    assert image.size == (2000, 1000)
+    assert call(fn, data, width="2000", height="1000", colorbar="false") != png
+
+
+# -- the budget --------------------------------------------------------------------------
+
+
+def untouched_input():
+    raise AssertionError("the input was read")
+    yield b""  # pragma: no cover - makes this a generator
+
+
+def test_a_picture_over_the_pixel_budget_is_refused_before_the_input_is_read(fn):
+    with pytest.raises(TooLarge) as caught:
+        fn.handle(Request(Params({"width": "8192", "height": "8192"}), untouched_input()))
+    message = _one_line(caught.value)
+    assert "width x height" in message and "8192 x 8192" in message
+    assert str(send_wav.MAX_PIXELS) in message
+    assert caught.value.status == "RESOURCE_EXHAUSTED"
+    # Right at the budget is fine.
+    png = call(fn, wav(tone(1000.0, 0.1)), width="8192", height="2048", colorbar="false")
+    assert picture(png).size == (8192, 2048)
+
+
+def test_the_pixel_budget_is_an_option():
+    small = send_wav.create({"max_pixels": 640 * 480})
+    try:
+        with pytest.raises(TooLarge, match="307200"):
+            small.handle(Request(Params({"width": "641", "height": "480"}), untouched_input()))
+        assert picture(call(small, wav(tone(1000.0, 0.1)), width="640", height="480")).size == (
+            640, 480)
+    finally:
+        small.close()
+    with pytest.raises(ValueError, match="max_pixels"):
+        send_wav.create({"max_pixels": 10})
 
 
 # -- sample formats and channels -----------------------------------------------------------
@@ -224,15 +540,17 @@ def test_sample_formats_render_the_tone(fn, dtype):
 
 def test_24_bit_renders_the_tone(fn):
     data = wav24(tone(1000.0))
-    assert read_wav(data).raw.shape[1:] == (1, 3)
+    assert read_wav(data)[0].sample_bytes == 3
     assert_tone_row(call(fn, data, colorbar="false", colormap="gray"), 1000.0)
 
 
-def test_24_bit_stereo_decodes_exactly():
+def test_24_bit_stereo_decodes_as_scipy_reads_it():
     values = np.array([[0, 1], [-1, 2**23 - 1], [-(2**23), 12345]], dtype=np.int64)
-    decoded = read_wav(wav24(values / (2**23 - 1)))
-    assert np.allclose(decoded.mono(1), values[:, 1] / 2**23, atol=1e-6)
-    assert np.allclose(decoded.mono(0), values[:, 0] / 2**23, atol=1e-6)
+    data = wav24(values / (2**23 - 1))
+    _, reference = wavfile.read(io.BytesIO(data))  # left-justified in int32
+    for channel in (0, 1):
+        assert np.array_equal(read_wav(data, channel)[1], reference[:, channel])
+        assert np.array_equal(reference[:, channel], values[:, channel] * 256)
 
 
 def test_wave_format_extensible_renders(fn):
@@ -264,7 +582,7 @@ def test_channel_out_of_range_is_invalid(fn):
 # -- refused input -------------------------------------------------------------------------
 
 
-def _one_line(error: InvalidInput) -> str:
+def _one_line(error: Exception) -> str:
     message = error.message
     assert "\n" not in message and "Traceback" not in message and message
     return message
@@ -297,13 +615,24 @@ def test_unsupported_encodings_are_invalid(fn):
         call(fn, bytes(data))
     with pytest.raises(InvalidInput, match="NaN"):
         call(fn, wav(np.array([0.0, np.nan, 0.5] * 100), dtype=np.float32))
+    with pytest.raises(InvalidInput, match="not audio"):
+        call(fn, wav(np.array([0.0, 1e35, 0.5] * 100), dtype=np.float64))
 
 
 def test_data_cut_mid_frame_renders_what_is_there(fn):
     data = wav(np.stack([tone(1000.0)] * 2, axis=1), dtype=np.int16)
     cut = data[: len(data) // 2 + 3]  # not a whole 4-byte frame
-    assert read_wav(cut).frames == (len(cut) - 44) // 4
+    assert len(read_wav(cut)[1]) == (len(cut) - 44) // 4
     assert_tone_row(call(fn, cut, colorbar="false", colormap="gray"), 1000.0)
+
+
+def test_chunks_before_the_data_are_skipped_without_being_held(fn):
+    """A 1 MiB LIST chunk (tags, cover art) between fmt and data changes nothing."""
+    data = wav(tone(1000.0, 0.5))
+    listing = b"LIST" + struct.pack("<I", 1 << 20) + bytes(1 << 20)
+    body = data[12:36] + listing + data[36:]
+    padded = b"RIFF" + struct.pack("<I", len(body) + 4) + b"WAVE" + body
+    assert call(fn, padded) == call(fn, data)
 
 
 def test_a_single_sample_renders(fn):
@@ -337,33 +666,80 @@ def test_function_lists_its_params(fn):
                               "colorbar", "channel"}
 
 
-# -- the STFT and the WAV reader against scipy ---------------------------------------------
+# -- the streamed STFT against the original's and scipy's ---------------------------------
 
 
-@pytest.mark.parametrize("binsize, hop", [(1024, 512), (1000, 1000), (256, 13), (33, 16)])
-def test_stft_power_matches_scipy_short_time_fft(binsize, hop):
-    samples = np.random.default_rng(3).standard_normal(5000).astype(np.float32)
-    frames = -(-len(samples) // hop)
-    ours = send_wav.column_power(samples, binsize, hop, columns=frames)
-    stft = ShortTimeFFT(hann(binsize, sym=False), hop=hop, fs=RATE)
-    reference = np.abs(stft.stft(samples.astype(np.float64), p0=0, p1=frames).T) ** 2
-    assert ours.shape == reference.shape
-    assert np.allclose(ours, reference, rtol=1e-3, atol=1e-3 * reference.max())
+def streamed(samples: np.ndarray, binsize: int, hop: int, columns: int,
+             frames: int | None, seed: int = 0) -> send_wav.Pooled:
+    """The handler's STFT of ``samples``, fed in blocks of random sizes, one band a bin."""
+    bins = np.arange(binsize // 2 + 1)
+    spectrogram = send_wav.Spectrogram(binsize, hop, send_wav.Bands.of_rows(bins, bins + 1),
+                                       columns, frames)
+    rng, start = np.random.default_rng(seed), 0
+    while start < len(samples):
+        stop = start + int(rng.integers(1, 3 * binsize))
+        spectrogram.add(samples[start:stop])
+        start = stop
+    return spectrogram.finish()
 
 
-def test_window_is_scipys_periodic_hann():
-    for size in (16, 33, 1024):
-        assert np.allclose(send_wav.periodic_hann(size), hann(size, sym=False), atol=1e-7)
+@pytest.mark.parametrize("binsize, overlap", [(1024, 0.5), (1000, 0.0), (256, 0.95), (33, 0.5)])
+def test_streamed_stft_is_the_originals(binsize, overlap):
+    samples = np.round(np.random.default_rng(3).standard_normal(5000) * 3000)
+    samples[1000:2500] = 0.0  # digital silence: -inf dB, left out of the range
+    reference = original.stft(samples, binsize, overlap)
+    hop = binsize - math.floor(overlap * binsize)
+    assert send_wav.stft_frames(len(samples), binsize, hop) == len(reference)
+    with np.errstate(divide="ignore"):
+        expected = 20.0 * np.log10(np.abs(reference) / 1e-5)
+    pooled = streamed(samples, binsize, hop, columns=len(reference), frames=len(reference))
+    assert pooled.groups.shape == expected.shape
+    assert np.array_equal(np.isneginf(pooled.groups), np.isneginf(expected))
+    finite = np.isfinite(expected)
+    assert np.allclose(pooled.groups[finite], expected[finite], atol=1e-3)
+    assert send_wav.decibels(pooled.high_power) == pytest.approx(expected[finite].max(), abs=1e-9)
+    assert send_wav.decibels(pooled.low_power) == pytest.approx(expected[finite].min(), abs=1e-9)
+
+
+def test_streamed_stft_agrees_with_scipy_short_time_fft():
+    """An independent framing: scipy's ShortTimeFFT with the symmetric Hann window."""
+    binsize, hop = 1024, 512
+    samples = np.random.default_rng(4).standard_normal(20000)
+    frames = send_wav.stft_frames(len(samples), binsize, hop)
+    stft = ShortTimeFFT(hann(binsize, sym=True), hop=hop, fs=RATE)
+    reference = np.abs(stft.stft(samples, p0=0, p1=frames).T)
+    pooled = streamed(samples, binsize, hop, columns=frames, frames=frames, seed=5)
+    assert np.allclose(pooled.groups, 20.0 * np.log10(reference / 1e-5), atol=1e-3)
 
 
 def test_column_pooling_is_a_max_even_across_blocks():
-    """binsize 16384 makes blocks of 128 frames, so most column groups span two blocks."""
-    samples = np.random.default_rng(4).standard_normal(300 * 8192).astype(np.float32)
-    frames = 300
-    pooled = send_wav.column_power(samples, 16384, 8192, columns=7)
-    full = send_wav.column_power(samples, 16384, 8192, columns=frames)
+    """binsize 16384 makes blocks of 16 frames, so most column groups span several."""
+    samples = np.random.default_rng(4).standard_normal(300 * 8192)
+    binsize, hop = 16384, 8192
+    frames = send_wav.stft_frames(len(samples), binsize, hop)
+    full = streamed(samples, binsize, hop, columns=frames, frames=frames).groups
+    pooled = streamed(samples, binsize, hop, columns=7, frames=frames).groups
     edges = (np.arange(8) * frames) // 7
     assert np.array_equal(pooled, np.maximum.reduceat(full, edges[:-1], axis=0))
+
+
+def test_unknown_length_pools_in_doubling_groups():
+    """Without a known length, groups of 2^k frames, as few as keep them under twice the
+    columns; the picture's columns are then whole groups."""
+    samples = np.random.default_rng(6).standard_normal(301 * 512)
+    binsize, hop, columns = 1024, 512, 10
+    frames = send_wav.stft_frames(len(samples), binsize, hop)
+    full = streamed(samples, binsize, hop, columns=frames, frames=frames).groups
+    pooled = streamed(samples, binsize, hop, columns=columns, frames=None).groups
+    width = 1
+    while -(-frames // width) > 2 * columns:
+        width *= 2
+    assert width == 16
+    expected = np.maximum.reduceat(full, np.arange(0, frames, width), axis=0)
+    assert np.array_equal(pooled, expected)
+
+
+# -- the WAV reader against scipy ------------------------------------------------------------
 
 
 _FORMATS = st.sampled_from([np.uint8, np.int16, np.int32, np.float32, np.float64])
@@ -371,8 +747,9 @@ _FORMATS = st.sampled_from([np.uint8, np.int16, np.int32, np.float32, np.float64
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(dtype=_FORMATS, channels=st.integers(1, 4), frames=st.integers(1, 300),
-       seed=st.integers(0, 2**32 - 1), rate=st.integers(1, 192000))
-def test_reader_agrees_with_scipy(dtype, channels, frames, seed, rate):
+       seed=st.integers(0, 2**32 - 1), rate=st.integers(1, 192000), chunk=st.integers(1, 700))
+def test_reader_agrees_with_scipy(dtype, channels, frames, seed, rate, chunk):
+    """Samples in scipy's units (8-bit less its 128), however the input is cut."""
     rng = np.random.default_rng(seed)
     if np.issubdtype(dtype, np.floating):
         raw = rng.uniform(-1, 1, (frames, channels)).astype(dtype)
@@ -381,17 +758,17 @@ def test_reader_agrees_with_scipy(dtype, channels, frames, seed, rate):
         raw = rng.integers(info.min, info.max, (frames, channels), endpoint=True, dtype=dtype)
     out = io.BytesIO()
     wavfile.write(out, rate, raw)
-    parsed = read_wav(out.getvalue())
-    _, reference = wavfile.read(io.BytesIO(out.getvalue()))
+    data = out.getvalue()
+    _, reference = wavfile.read(io.BytesIO(data))
     reference = reference.reshape(frames, channels).astype(np.float64)
     if dtype == np.uint8:
-        reference = (reference - 128) / 128
-    elif not np.issubdtype(dtype, np.floating):
-        reference = reference / 2.0 ** (8 * np.dtype(dtype).itemsize - 1)
-    assert parsed.rate == rate and parsed.channels == channels and parsed.frames == frames
+        reference -= 128.0
+    reader = open_wav(pieces(data, chunk))
+    assert (reader.format.rate, reader.format.channels, reader.format.frames) == (
+        rate, channels, frames)
+    assert np.array_equal(np.concatenate(list(reader.samples())), reference.mean(axis=1))
     for channel in range(channels):
-        assert np.allclose(parsed.mono(channel), reference[:, channel], atol=1e-6)
-    assert np.allclose(parsed.mono(), reference.mean(axis=1), atol=1e-6)
+        assert np.array_equal(read_wav(data, channel)[1], reference[:, channel])
 
 
 _VALID = wav(np.stack([tone(440.0, 0.01), tone(880.0, 0.01)], axis=1))
@@ -406,10 +783,9 @@ def test_damaged_files_are_read_or_refused_never_crash(cut, edits):
         if position < len(data):
             data[position] = value
     try:
-        parsed = read_wav(bytes(data))
+        _, samples = read_wav(bytes(data))
     except InvalidInput as error:
         _one_line(error)
         return
-    samples = parsed.mono()
-    assert samples.dtype == np.float32 and len(samples) >= 1
-    assert np.isfinite(samples).all() and np.abs(samples).max() <= 1.0
+    assert samples.dtype == np.float64 and len(samples) >= 1
+    assert np.isfinite(samples).all() and np.abs(samples).max() <= FLOAT_LIMIT
