@@ -16,12 +16,13 @@ LOCK      := requirements.lock
 TEST_LOCK := requirements-test.lock
 MODEL     := models/mobilenet_ssd_v2_coco_quant_postprocess.tflite
 
-.PHONY: setup run test test-fast bench proto model browser lock clean help
+.PHONY: setup run test test-fast lint bench proto model browser lock clean help
 
 help:
 	@echo "make run     serve on 127.0.0.1:50051 (gateway and workers), web page on http://127.0.0.1:8080/"
 	@echo "make test    run the test suite"
 	@echo "make test-fast  the tests that start no service (in-process, no TensorFlow): seconds"
+	@echo "make lint    ruff (rules and format) and mypy, as CI runs them"
 	@echo "make bench   measure, print a table, save it under bench/results/"
 	@echo "make setup   virtual environment, generated code and model only"
 	@echo "make lock    setup.cfg into the lock files (LOCK_ARGS=--upgrade: to the newest allowed)"
@@ -78,6 +79,16 @@ test: setup browser
 # needed); every other test is marked `service` by tests/conftest.py.
 test-fast: setup
 	$(PY) -m pytest -m "not service"
+
+# The lint and type gate (settings in pyproject.toml). All three run, so that one pass
+# shows every finding; the target fails if any of them does. `ruff check --fix .` and
+# `ruff format .` repair most of what the first two find.
+lint: setup
+	status=0; \
+	$(BIN)/ruff check --output-format concise . || status=1; \
+	$(BIN)/ruff format --check . || status=1; \
+	$(BIN)/mypy || status=1; \
+	exit $$status
 
 bench: setup
 	$(PY) -m bench

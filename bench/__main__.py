@@ -48,7 +48,8 @@ def main() -> int:
             service.stop()
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    path = results / f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H-%M-%S}{'-quick' if args.quick else ''}.md"
+    stamp = f"{datetime.datetime.now(datetime.UTC):%Y-%m-%dT%H-%M-%S}"
+    path = results / f"{stamp}{'-quick' if args.quick else ''}.md"
     path.write_text("\n".join(report))
     print(f"saved {path.relative_to(ROOT)}")
     return 0

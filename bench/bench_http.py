@@ -31,8 +31,10 @@ WARM_UP = 3
 def run(address_grpc: str, address_http: str, image_bytes: bytes, repeats: int = 30) -> dict:
     """p50 (ms) of ssd through HTTP POST and through gRPC Invoke, and their ratio."""
     base = address_http if "://" in address_http else f"http://{address_http}"
-    with httpx.Client(base_url=base, timeout=60) as http, \
-            grpc.insecure_channel(address_grpc) as channel:
+    with (
+        httpx.Client(base_url=base, timeout=60) as http,
+        grpc.insecure_channel(address_grpc) as channel,
+    ):
         stub = dcf_pb2_grpc.GatewayStub(channel)
         request = dcf_pb2.InvokeRequest(function="ssd", input=image_bytes)
 
@@ -68,7 +70,9 @@ def run(address_grpc: str, address_http: str, image_bytes: bytes, repeats: int =
     }
 
 
-def echo_throughput(address_grpc: str, address_http: str, total_bytes: int, repeats: int = 3) -> dict:
+def echo_throughput(
+    address_grpc: str, address_http: str, total_bytes: int, repeats: int = 3
+) -> dict:
     """MB/s of a hello-dcf echo through the HTTP front and through gRPC Call, best of each.
 
     The HTTP client is curl, which reads the answer while it sends the body, as an
@@ -92,10 +96,23 @@ def echo_throughput(address_grpc: str, address_http: str, total_bytes: int, repe
         def via_http() -> float:
             started = time.perf_counter()
             done = subprocess.run(
-                [curl, "-sS", "--fail", "-o", "/dev/null", "-w", "%{size_download}",
-                 "-H", "content-type: application/octet-stream",
-                 "--data-binary", f"@{body.name}", f"{base}/v1/functions/hello-dcf"],
-                capture_output=True, text=True, check=False,
+                [
+                    curl,
+                    "-sS",
+                    "--fail",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{size_download}",
+                    "-H",
+                    "content-type: application/octet-stream",
+                    "--data-binary",
+                    f"@{body.name}",
+                    f"{base}/v1/functions/hello-dcf",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
             )
             elapsed = time.perf_counter() - started
             if done.returncode != 0 or done.stdout.strip() != str(total_bytes):

@@ -28,8 +28,8 @@ except ImportError:  # run as a script: the repository root is not on sys.path y
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 
-from protos.inference import grpc_predict_v2_pb2 as pb  # noqa: E402
-from protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc  # noqa: E402
+from protos.inference import grpc_predict_v2_pb2 as pb
+from protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 
 THRESHOLD = 0.4
 WARM_UP = 3
@@ -92,14 +92,18 @@ def run(address: str, image_bytes: bytes, repeats: int = 30) -> dict:
 
 
 def table(row: dict) -> str:
-    return "\n".join([
-        "| call | p50 (ms) |",
-        "|---|---:|",
-        f"| dcf.v1 Invoke, ssd, {row['input_bytes'] / 1024:.0f} KiB JPEG "
-        f"| {row['invoke_p50_s'] * 1000:.1f} |",
-        f"| Open Inference ModelInfer, same | {row['model_infer_p50_s'] * 1000:.1f} |",
-        f"| ModelInfer / Invoke ({row['repeats']} calls each) | {row['ratio']:.3f} |",
-    ])
+    return "\n".join(
+        [
+            "| call | p50 (ms) |",
+            "|---|---:|",
+            (
+                f"| dcf.v1 Invoke, ssd, {row['input_bytes'] / 1024:.0f} KiB JPEG "
+                f"| {row['invoke_p50_s'] * 1000:.1f} |"
+            ),
+            f"| Open Inference ModelInfer, same | {row['model_infer_p50_s'] * 1000:.1f} |",
+            f"| ModelInfer / Invoke ({row['repeats']} calls each) | {row['ratio']:.3f} |",
+        ]
+    )
 
 
 def main() -> None:

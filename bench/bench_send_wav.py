@@ -28,8 +28,8 @@ except ImportError:  # run as a script: the repository root is not on sys.path y
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from bench.original_send_wav import original_method
 
-from handlers import send_wav  # noqa: E402
-from handlers.base import Params, Request  # noqa: E402
+from handlers import send_wav
+from handlers.base import Params, Request
 
 RATE = 44100
 CASES = (("10 s", 10.0), ("5 min", 300.0))
@@ -51,7 +51,7 @@ CHUNK = 1 << 20  # the host's chunk size
 
 
 def chunks(data: bytes) -> list[bytes]:
-    return [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)]
+    return [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
 
 
 def run(repeats: int = 5) -> list[dict]:
@@ -74,14 +74,16 @@ def run(repeats: int = 5) -> list[dict]:
             original_method(data)
             original_times.append(time.perf_counter() - start)
         ours_s, original_s = statistics.median(ours_times), statistics.median(original_times)
-        rows.append({
-            "input": f"{label} of 44.1 kHz 16-bit mono ({len(data) / 2**20:.1f} MiB)",
-            "ours_s": ours_s,
-            "original_s": original_s,
-            "ratio": ours_s / original_s,
-            "ours_bytes": len(ours_png),
-            "original_bytes": len(original_b64),
-        })
+        rows.append(
+            {
+                "input": f"{label} of 44.1 kHz 16-bit mono ({len(data) / 2**20:.1f} MiB)",
+                "ours_s": ours_s,
+                "original_s": original_s,
+                "ratio": ours_s / original_s,
+                "ours_bytes": len(ours_png),
+                "original_bytes": len(original_b64),
+            }
+        )
     function.close()
     return rows
 

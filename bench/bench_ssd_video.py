@@ -37,9 +37,9 @@ except ImportError:  # run as a script: the repository root is not on sys.path y
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 
-from handlers import detector, ssd_video  # noqa: E402
-from handlers.base import Params, Request  # noqa: E402
-from server.config import load_settings  # noqa: E402
+from handlers import detector, ssd_video
+from handlers.base import Params, Request
+from server.config import load_settings
 
 FRAMES = 10
 CHUNK = 1 << 20
@@ -49,10 +49,11 @@ PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 def make_clip(width: int = 640, height: int = 480, frames: int = 30) -> bytes:
     """An MPEG-4 (mp4v) clip of grace_hopper.jpg, panned and zoomed: a person in every frame."""
     photo = cv2.imread(str(PHOTO))
+    assert photo is not None, f"matplotlib sample photo missing: {PHOTO}"
     photo_h, photo_w = photo.shape[:2]
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "clip.mp4"
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (width, height))
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 25.0, (width, height))
         if not writer.isOpened():
             raise RuntimeError("this OpenCV cannot write mp4v")
         for k in range(frames):
@@ -111,13 +112,19 @@ def end_to_end(stub: dcf_pb2_grpc.GatewayStub, video: bytes) -> tuple[float, flo
 
 def run(address: str, video: bytes, repeats: int) -> dict:
     """Median seconds of each way, and the ratios to the bare work."""
-    options = load_settings(environ={}).function("ssd-video").options
+    entry = load_settings(environ={}).function("ssd-video")
+    assert entry is not None, "the registry has no ssd-video"
+    options = entry.options
     model = detector.Detector.from_options(options, "bench")
     function = ssd_video.create(options)
     # One interpreter: each frame waits for the one before, no overlap at all.
     serial = ssd_video.create({**options, "interpreters": 1})
     times: dict[str, list[float]] = {
-        "bare": [], "serial": [], "handler": [], "e2e": [], "first": []
+        "bare": [],
+        "serial": [],
+        "handler": [],
+        "e2e": [],
+        "first": [],
     }
     with tempfile.TemporaryDirectory() as folder, grpc.insecure_channel(address) as channel:
         path = Path(folder) / "clip.mp4"
@@ -165,25 +172,39 @@ def run(address: str, video: bytes, repeats: int) -> dict:
 
 
 def table(result: dict) -> str:
-    ms = lambda s: f"{s * 1000:.0f}"  # noqa: E731
-    return "\n".join([
-        f"ssd-video, first {result['frames']} frames of a 640x480 mp4v clip "
-        f"({result['video_bytes'] / 1024:.0f} KiB), median of {result['repeats']}:",
-        "",
-        "| way | time (ms) | / bare |",
-        "|---|---:|---:|",
-        f"| bare: cv2 decode + {result['frames']} detects, one after the other | "
-        f"{ms(result['bare_s'])} | 1.00 |",
-        f"| ssd-video handler in process, 1 interpreter (no overlap) | {ms(result['serial_s'])} | "
-        f"{result['serial_s'] / result['bare_s']:.2f} |",
-        f"| ssd-video handler in process, 2 interpreters (pipelined) | {ms(result['handler_s'])} | "
-        f"{result['handler_s'] / result['bare_s']:.2f} |",
-        f"| end to end: dcf.v1 Call through the gateway | {ms(result['e2e_s'])} | "
-        f"{result['e2e_over_bare']:.2f} |",
-        f"| end to end: first frame's result | {ms(result['first_result_s'])} | |",
-        "",
-        f"End to end / handler in process: {result['e2e_over_handler']:.2f}",
-    ])
+    def ms(seconds: float) -> str:
+        return f"{seconds * 1000:.0f}"
+
+    return "\n".join(
+        [
+            (
+                f"ssd-video, first {result['frames']} frames of a 640x480 mp4v clip "
+                f"({result['video_bytes'] / 1024:.0f} KiB), median of {result['repeats']}:"
+            ),
+            "",
+            "| way | time (ms) | / bare |",
+            "|---|---:|---:|",
+            (
+                f"| bare: cv2 decode + {result['frames']} detects, one after the other | "
+                f"{ms(result['bare_s'])} | 1.00 |"
+            ),
+            (
+                "| ssd-video handler in process, 1 interpreter (no overlap) | "
+                f"{ms(result['serial_s'])} | {result['serial_s'] / result['bare_s']:.2f} |"
+            ),
+            (
+                "| ssd-video handler in process, 2 interpreters (pipelined) | "
+                f"{ms(result['handler_s'])} | {result['handler_s'] / result['bare_s']:.2f} |"
+            ),
+            (
+                f"| end to end: dcf.v1 Call through the gateway | {ms(result['e2e_s'])} | "
+                f"{result['e2e_over_bare']:.2f} |"
+            ),
+            f"| end to end: first frame's result | {ms(result['first_result_s'])} | |",
+            "",
+            f"End to end / handler in process: {result['e2e_over_handler']:.2f}",
+        ]
+    )
 
 
 def main() -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 import grpc
 
@@ -26,16 +26,18 @@ class Figures:
     p99_ms: float
     per_second: float
 
-    def ratio(self, baseline: "Figures") -> float:
+    def ratio(self, baseline: Figures) -> float:
         return self.p50_ms / baseline.p50_ms
 
 
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-async def measure(call: Callable[[], Awaitable[object]], calls: int, concurrency: int = 1) -> Figures:
+async def measure(
+    call: Callable[[], Awaitable[object]], calls: int, concurrency: int = 1
+) -> Figures:
     latencies: list[float] = []
     remaining = calls
 
@@ -69,12 +71,20 @@ def invoke(channel: grpc.aio.Channel, function: str, data: bytes, params: dict |
     return one
 
 
-def call(channel: grpc.aio.Channel, function: str, data: bytes, worker: bool = False, collect: bool = False):
+def call(
+    channel: grpc.aio.Channel,
+    function: str,
+    data: bytes,
+    worker: bool = False,
+    collect: bool = False,
+):
     """A coroutine function making one streaming Call, to the gateway or straight to a worker."""
     stub = (dcf_pb2_grpc.WorkerStub if worker else dcf_pb2_grpc.GatewayStub)(channel)
     header = dcf_pb2.CallHeader(function=function, collect=collect)
     requests = [dcf_pb2.CallRequest(header=header)]
-    requests += [dcf_pb2.CallRequest(chunk=data[i : i + (1 << 20)]) for i in range(0, len(data), 1 << 20)]
+    requests += [
+        dcf_pb2.CallRequest(chunk=data[i : i + (1 << 20)]) for i in range(0, len(data), 1 << 20)
+    ]
 
     async def one() -> int:
         received = 0

@@ -31,11 +31,12 @@ import matplotlib
 
 matplotlib.use("Agg")  # the baseline renders off-screen, as the original server did
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from numpy.lib import stride_tricks  # noqa: E402
-from PIL import Image  # noqa: E402
-from scipy.io import wavfile  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from numpy.lib import stride_tricks
+from PIL import Image
+from scipy.io import wavfile
 
 BINSIZE = 2**10
 COLORMAP = "jet"
@@ -76,15 +77,18 @@ def original_picture(wav_bytes: bytes) -> OriginalPicture:
     try:
         plt.axis("off")
         plt.subplots_adjust(top=1, bottom=0, right=1, left=0)
-        image = plt.imshow(np.transpose(ims), origin="lower", aspect="auto", cmap=COLORMAP,
-                           interpolation="none")
+        image = plt.imshow(
+            np.transpose(ims), origin="lower", aspect="auto", cmap=COLORMAP, interpolation="none"
+        )
         colorbar = plt.colorbar()
-        plt.xlim([0, timebins - 1])
-        plt.ylim([0, freqbins])
+        plt.xlim((0, timebins - 1))
+        plt.ylim((0, freqbins))
 
         fig.canvas.draw()
         width, height = fig.canvas.get_width_height()
-        rgb = np.asarray(fig.canvas.buffer_rgba()).reshape(height, width, 4)[:, :, :3]
+        canvas = fig.canvas
+        assert isinstance(canvas, FigureCanvasAgg)  # the Agg backend this module selects
+        rgb = np.asarray(canvas.buffer_rgba()).reshape(height, width, 4)[:, :, :3]
         out = io.BytesIO()
         Image.fromarray(np.ascontiguousarray(rgb)).save(out, format="PNG")
 
@@ -98,8 +102,12 @@ def original_picture(wav_bytes: bytes) -> OriginalPicture:
     return OriginalPicture(out.getvalue(), plot_box, float(vmin), float(vmax), ticks, ims)
 
 
-def stft(sig: np.ndarray, frameSize: int, overlapFac: float = 0.5,  # noqa: N803
-         window=np.hanning) -> np.ndarray:
+def stft(
+    sig: np.ndarray,
+    frameSize: int,  # noqa: N803 - the original's names
+    overlapFac: float = 0.5,  # noqa: N803
+    window=np.hanning,
+) -> np.ndarray:
     """Short time Fourier transform of the signal, as the original wrote it."""
     win = window(frameSize)
     hopSize = int(frameSize - np.floor(overlapFac * frameSize))  # noqa: N806
@@ -112,15 +120,18 @@ def stft(sig: np.ndarray, frameSize: int, overlapFac: float = 0.5,  # noqa: N803
     samples = np.append(samples, np.zeros(frameSize))
 
     frames = stride_tricks.as_strided(
-        samples, shape=(int(cols), frameSize),
-        strides=(samples.strides[0] * hopSize, samples.strides[0])).copy()
+        samples,
+        shape=(int(cols), frameSize),
+        strides=(samples.strides[0] * hopSize, samples.strides[0]),
+    ).copy()
     frames *= win
 
     return np.fft.rfft(frames)
 
 
-def logscale_spec(spec: np.ndarray, sr: int = 44100,
-                  factor: float = 20.0) -> tuple[np.ndarray, list[float]]:
+def logscale_spec(
+    spec: np.ndarray, sr: int = 44100, factor: float = 20.0
+) -> tuple[np.ndarray, list[float]]:
     """Regroup the bins on a power scale; factor 1.0 keeps one band per bin."""
     timebins, freqbins = np.shape(spec)
 
@@ -129,20 +140,20 @@ def logscale_spec(spec: np.ndarray, sr: int = 44100,
     scale = np.unique(np.round(scale))
 
     # create spectrogram with new freq bins
-    newspec = np.complex128(np.zeros([timebins, len(scale)]))
-    for i in range(0, len(scale)):
+    newspec = np.zeros([timebins, len(scale)], dtype=np.complex128)
+    for i in range(len(scale)):
         if i == len(scale) - 1:
-            newspec[:, i] = np.sum(spec[:, int(scale[i]):], axis=1)
+            newspec[:, i] = np.sum(spec[:, int(scale[i]) :], axis=1)
         else:
-            newspec[:, i] = np.sum(spec[:, int(scale[i]):int(scale[i + 1])], axis=1)
+            newspec[:, i] = np.sum(spec[:, int(scale[i]) : int(scale[i + 1])], axis=1)
 
     # list center freq of bins
-    allfreqs = np.abs(np.fft.fftfreq(freqbins * 2, 1.0 / sr)[:freqbins + 1])
+    allfreqs = np.abs(np.fft.fftfreq(freqbins * 2, 1.0 / sr)[: freqbins + 1])
     freqs = []
-    for i in range(0, len(scale)):
+    for i in range(len(scale)):
         if i == len(scale) - 1:
-            freqs += [np.mean(allfreqs[int(scale[i]):])]
+            freqs += [np.mean(allfreqs[int(scale[i]) :])]
         else:
-            freqs += [np.mean(allfreqs[int(scale[i]):int(scale[i + 1])])]
+            freqs += [np.mean(allfreqs[int(scale[i]) : int(scale[i + 1])])]
 
     return newspec, freqs

@@ -17,14 +17,19 @@ class Table:
     """A Markdown table built row by row."""
 
     def __init__(self, title: str, columns: list[str]) -> None:
-        self.title, self.columns, self.rows = title, columns, []
+        self.title, self.columns = title, columns
+        self.rows: list[list[str]] = []
 
     def add(self, *cells: object) -> None:
         self.rows.append([_cell(c) for c in cells])
 
     def render(self) -> str:
-        lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |",
-                 "|" + "|".join(" --- " for _ in self.columns) + "|"]
+        lines = [
+            f"### {self.title}",
+            "",
+            "| " + " | ".join(self.columns) + " |",
+            "|" + "|".join(" --- " for _ in self.columns) + "|",
+        ]
         lines += ["| " + " | ".join(row) + " |" for row in self.rows]
         return "\n".join(lines) + "\n"
 
@@ -37,11 +42,21 @@ def _cell(value: object) -> str:
 
 def machine_line() -> str:
     cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")), platform.processor() or "unknown cpu",
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown cpu",
     )
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip() or "unknown"
-    return (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}, "
-            f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
-            f"grpcio {grpc.__version__}, {platform.machine()}")
+    commit = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        or "unknown"
+    )
+    return (
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, commit {commit}, "
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
+        f"grpcio {grpc.__version__}, {platform.machine()}"
+    )

@@ -36,7 +36,7 @@ class PeakRss:
         while not self._stop.wait(self.interval):
             self.peak = max(self.peak, rss_bytes(self.pid))
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         self._thread.start()
         return self
 
@@ -66,10 +66,14 @@ async def echo(address: str, total_bytes: int, worker: bool = False, chunk: int 
     return elapsed
 
 
-def throughput(address: str, worker_address: str, total_bytes: int = 256 * MiB, repeats: int = 3) -> dict:
+def throughput(
+    address: str, worker_address: str, total_bytes: int = 256 * MiB, repeats: int = 3
+) -> dict:
     """MB/s of the echo through the gateway and straight to the worker, best of ``repeats``."""
     via_gateway = min(asyncio.run(echo(address, total_bytes)) for _ in range(repeats))
-    direct = min(asyncio.run(echo(worker_address, total_bytes, worker=True)) for _ in range(repeats))
+    direct = min(
+        asyncio.run(echo(worker_address, total_bytes, worker=True)) for _ in range(repeats)
+    )
     mb = total_bytes / 1e6
     return {"gateway_mb_s": mb / via_gateway, "worker_mb_s": mb / direct}
 

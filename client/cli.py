@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import BinaryIO, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import BinaryIO
 
 import grpc
 
@@ -59,7 +60,11 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_call_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="a param (repeatable)",
     )
     parser.add_argument("--base64", action="store_true", help="print the result as base64")
@@ -145,7 +150,11 @@ def read_chunks(source: BinaryIO, size: int | None) -> Iterator[bytes]:
         from tqdm import tqdm
 
         progress = tqdm(
-            total=size, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+            total=size,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            file=sys.stderr,
             leave=False,
         )
     try:
@@ -235,7 +244,7 @@ def run(args: argparse.Namespace) -> None:
     out = Output(sys.stdout.buffer, as_base64=args.base64, terminal=sys.stdout.isatty())
     if args.file:
         try:
-            source: BinaryIO = open(args.file, "rb")
+            source: BinaryIO = open(args.file, "rb")  # noqa: SIM115 - closed by the with below
         except OSError as exc:
             raise CliError("INVALID_ARGUMENT", f"cannot read {args.file}: {exc.strerror}") from None
         size = os.fstat(source.fileno()).st_size
@@ -263,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: CANCELLED: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - --local runs handlers in process
+    except Exception as exc:  # any error: --local runs handlers in process
         from handlers.base import FunctionError
 
         if isinstance(exc, FunctionError):
@@ -277,4 +286,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         raise
     return 0
-

@@ -15,7 +15,6 @@ from client.errors import CliError
 _TEXT_TYPES = ("text/", "application/json", "application/x-ndjson")
 
 
-
 class Output:
     def __init__(self, stream: BinaryIO, as_base64: bool = False, terminal: bool = False) -> None:
         self._stream = stream

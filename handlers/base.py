@@ -16,8 +16,8 @@ traceback and the caller gets INTERNAL with a generic message.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping
 
 
 class FunctionError(Exception):
@@ -90,7 +90,9 @@ class Params:
         if choices is not None:
             allowed = list(choices)
             if value not in allowed:
-                raise InvalidInput(f"param {name}: expected one of {', '.join(allowed)}, got {value!r}")
+                raise InvalidInput(
+                    f"param {name}: expected one of {', '.join(allowed)}, got {value!r}"
+                )
         return value
 
     def get_float(
@@ -103,8 +105,10 @@ class Params:
             value = float(raw)
         except ValueError:
             value = math.nan
-        if not math.isfinite(value) or (low is not None and value < low) or (
-            high is not None and value > high
+        if (
+            not math.isfinite(value)
+            or (low is not None and value < low)
+            or (high is not None and value > high)
         ):
             raise InvalidInput(f"param {name}: expected a number{_range(low, high)}, got {raw!r}")
         return value
@@ -172,9 +176,9 @@ class Reply:
     With ``partial_results`` false the parts are consecutive chunks of one body;
     with it true each part is one complete result (a JSON document), sent as one
     message and printed as one line; the unary fronts gather them with
-    ``Function.collect`` into one application/json document. ``parts`` may be a generator: the host pulls
-    from it lazily and closes it if the caller goes away, so handlers release
-    resources in ``finally``.
+    ``Function.collect`` into one application/json document. ``parts`` may be a
+    generator: the host pulls from it lazily and closes it if the caller goes away,
+    so handlers release resources in ``finally``.
     """
 
     content_type: str

@@ -6,7 +6,7 @@ params without importing the model's libraries.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from handlers.base import Params
 

@@ -39,9 +39,10 @@ import re
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -403,8 +404,14 @@ class Detector:
         """Like ``detect`` for an input already resized to 300x300 (video frames)."""
         boxes, classes, scores, count = self.infer(input_rgb)
         return to_detections(
-            boxes[:count], classes[:count], scores[:count], self.labels,
-            width=width, height=height, threshold=threshold, max_detections=max_detections,
+            boxes[:count],
+            classes[:count],
+            scores[:count],
+            self.labels,
+            width=width,
+            height=height,
+            threshold=threshold,
+            max_detections=max_detections,
         )
 
     def close(self) -> None:
@@ -458,29 +465,37 @@ def to_detections(
         if box[0] >= box[2] or box[1] >= box[3] or (class_id, *box) in seen:
             continue
         seen.add((class_id, *box))
-        found.append({
-            "class": class_id,
-            "label": label,
-            "confidence": round(score, 4),
-            "xmin": box[0],
-            "ymin": box[1],
-            "xmax": box[2],
-            "ymax": box[3],
-        })
+        found.append(
+            {
+                "class": class_id,
+                "label": label,
+                "confidence": round(score, 4),
+                "xmin": box[0],
+                "ymin": box[1],
+                "xmax": box[2],
+                "ymax": box[3],
+            }
+        )
     return found
 
 
 # --------------------------------------------------------------------------- draw
 
 _PALETTE = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
 )
 
 
-def annotate(
-    picture: Image.Image | np.ndarray, detections: Sequence[Mapping[str, Any]]
-) -> bytes:
+def annotate(picture: Image.Image | np.ndarray, detections: Sequence[Mapping[str, Any]]) -> bytes:
     """PNG of ``picture`` with each detection's box and ``label confidence`` drawn.
 
     A Pillow image (RGB) is drawn on in place: a copy of a whole photo would cost 4

@@ -6,7 +6,8 @@ through one chunk at a time and is never held in memory.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from handlers.base import Function, Reply, Request
 

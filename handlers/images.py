@@ -83,13 +83,15 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import functools
 import io
 import re
 import struct
 import threading
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
@@ -117,7 +119,14 @@ _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _STRIP_ROWS = 256  # rows converted at once from 16-bit and float greys
 # What a malformed file can make Pillow raise while opening or decoding it.
 _DECODE_ERRORS = (
-    OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    IndexError,
+    KeyError,
+    TypeError,
     ZeroDivisionError,
 )
 
@@ -300,7 +309,7 @@ class _Base64Stream:
                         raise ValueError("a data: prefix that is not base64")
                     self._pending = text
                     return b""
-                text = text[match.end():]
+                text = text[match.end() :]
                 self._prefix_done = True
         whole = len(text) - len(text) % 4
         self._pending = text[whole:]
@@ -364,12 +373,13 @@ def decoding(
     keeps the whole picture in RGB for drawing on. The caller should not keep its
     own reference to ``data``: the bytes are let go once decoded.
     """
-    image: Image.Image | None = _open(data)
+    image: Image.Image | None
+    image = _open(data)
     del data  # Pillow holds what it still needs; ours would outlive the decode
     try:
-        plan = _checked(lambda: _plan(image, max_pixels, reduce_to, picture), image)
+        plan = _checked(functools.partial(_plan, image, max_pixels, reduce_to, picture), image)
         with budget.hold(plan.cost) if budget is not None else contextlib.nullcontext():
-            decoded = _checked(lambda: _decode(image, plan, reduce_to, picture), image)
+            decoded = _checked(functools.partial(_decode, image, plan, reduce_to, picture), image)
             image.close()
             image = None  # frees the input, and a WebP decoder's copy of it, before the work
             yield decoded
@@ -436,8 +446,9 @@ def _plan(image: Image.Image, max_pixels: int, reduce_to: int | None, picture: b
             f"image is {width}x{height} ({width * height / 1e6:.1f} megapixels{scaled}); "
             f"the limit is {max_pixels / 1e6:g} megapixels"
         )
-    return _Plan((width, height), decoded_w * decoded_h * cost_per_pixel(image.format, picture),
-                 orientation)
+    return _Plan(
+        (width, height), decoded_w * decoded_h * cost_per_pixel(image.format, picture), orientation
+    )
 
 
 def cost_per_pixel(image_format: str | None, picture: bool) -> int:
@@ -464,9 +475,7 @@ def reduction(width: int, height: int, reduce_to: int) -> int:
     return next((factor for factor in _REDUCTIONS if fits >= factor), 1)
 
 
-def _decode(
-    image: Image.Image, plan: _Plan, reduce_to: int | None, picture: bool
-) -> DecodedImage:
+def _decode(image: Image.Image, plan: _Plan, reduce_to: int | None, picture: bool) -> DecodedImage:
     """Decode, convert to RGB, reduce for the model and turn upright, freeing as it goes.
 
     For the model alone, the reduced picture is turned (cheaper); for drawing, the

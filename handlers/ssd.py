@@ -37,7 +37,8 @@ imported and loaded by ``create``, once per worker.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from handlers import detection_params
 from handlers.base import Function, Reply, Request
@@ -72,13 +73,17 @@ def create(options: Mapping[str, Any]) -> Function:
     """
     from handlers import detector, images  # heavy imports: load time only
 
-    max_pixels = detector.positive_int_option(
-        options, "max_pixels", images.DEFAULT_MAX_PIXELS, "ssd"
-    ) or images.DEFAULT_MAX_PIXELS
+    max_pixels = (
+        detector.positive_int_option(options, "max_pixels", images.DEFAULT_MAX_PIXELS, "ssd")
+        or images.DEFAULT_MAX_PIXELS
+    )
     costliest = max_pixels * images.BYTES_PER_PIXEL_WEBP
-    memory_mib = detector.positive_int_option(
-        options, "decode_memory_mib", -(-costliest // images.MIB), "ssd"
-    ) or 0
+    memory_mib = (
+        detector.positive_int_option(
+            options, "decode_memory_mib", -(-costliest // images.MIB), "ssd"
+        )
+        or 0
+    )
     if memory_mib * images.MIB < costliest:
         raise ValueError(
             f"ssd option decode_memory_mib ({memory_mib}) must be at least "
@@ -95,7 +100,10 @@ def create(options: Mapping[str, Any]) -> Function:
         draw = params.get_bool("annotate", False)
         with images.decoding(
             images.read_input(request.chunks),
-            max_pixels=max_pixels, reduce_to=reduce_to, picture=draw, budget=budget,
+            max_pixels=max_pixels,
+            reduce_to=reduce_to,
+            picture=draw,
+            budget=budget,
         ) as decoded:
             # The 300x300 input is all the model needs: the JSON path lets go of the
             # rest (and of its share of the budget) before waiting for an interpreter.

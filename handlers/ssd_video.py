@@ -83,6 +83,7 @@ Choices, and why:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import errno
 import fcntl
 import json
@@ -92,9 +93,10 @@ import os
 import stat
 import tempfile
 from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 from handlers import detection_params
 from handlers.base import Function, InvalidInput, Params, Reply, Request, TooLarge
@@ -248,10 +250,8 @@ def _run(
         _spool(fd, chunks)
         yield from _frames(path, settings, model, inference)
     finally:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        except FileNotFoundError:
-            pass
         os.close(fd)
 
 
@@ -290,14 +290,16 @@ def sweep_spool(spool_dir: Path) -> list[str]:
     if swept:
         log.warning(
             "swept %d spool file(s) left in %s by workers that died: %s",
-            len(swept), spool_dir, ", ".join(swept),
+            len(swept),
+            spool_dir,
+            ", ".join(swept),
         )
     return swept
 
 
 def _owner(name: str) -> int | None:
     """The pid a spool file is named after (``ssd-video-<pid>-...``), if any."""
-    pid, _, rest = name[len(SPOOL_PREFIX):].partition("-")
+    pid, _, rest = name[len(SPOOL_PREFIX) :].partition("-")
     return int(pid) if pid.isdigit() and rest else None
 
 
@@ -319,7 +321,7 @@ def _spool(fd: int, chunks: Iterator[bytes]) -> None:
             for chunk in chunks:
                 view = memoryview(chunk)
                 while view:
-                    view = view[out.write(view):]
+                    view = view[out.write(view) :]
                 size += len(chunk)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -348,10 +350,12 @@ def _frames(
         _check_frame_size(
             int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
             int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
-            pixel_format, "video frames are",
+            pixel_format,
+            "video frames are",
         )
         declared = (
-            int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+            int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
         )
         _check_decode_budget(
             settings, declared[0] * declared[1], int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -391,8 +395,12 @@ def _frames(
             size = size or (width, height)
             small = cv2.resize(frame, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR)
             job = inference.submit(
-                model.detect_resized, small[:, :, ::-1], width, height,
-                settings.threshold, settings.max_detections,
+                model.detect_resized,
+                small[:, :, ::-1],
+                width,
+                height,
+                settings.threshold,
+                settings.max_detections,
             )
             pending.append((read, job))
             # Keep every interpreter busy, no more: decode ahead while they work.
@@ -404,12 +412,14 @@ def _frames(
         while pending:
             number, done = pending.popleft()
             yield compact_json({"frame": number, "detections": done.result()})
-        yield compact_json({
-            "width": size[0],
-            "height": size[1],
-            "fps": round(fps, 3) if math.isfinite(fps) and fps > 0 else None,
-            "frames_read": read,
-        })
+        yield compact_json(
+            {
+                "width": size[0],
+                "height": size[1],
+                "fps": round(fps, 3) if math.isfinite(fps) and fps > 0 else None,
+                "frames_read": read,
+            }
+        )
     finally:
         for _, job in pending:
             job.cancel()

@@ -30,8 +30,8 @@ of what is there is still what the caller wants.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -42,8 +42,13 @@ _IEEE_FLOAT = 0x0003
 _EXTENSIBLE = 0xFFFE
 # Every KSDATAFORMAT_SUBTYPE_* GUID shares this tail after its 4-byte format code.
 _GUID_TAIL = b"\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
-_FORMAT_NAMES = {0x0002: "ADPCM", 0x0006: "A-law", 0x0007: "mu-law", 0x0011: "IMA ADPCM",
-                 0x0055: "MP3"}
+_FORMAT_NAMES = {
+    0x0002: "ADPCM",
+    0x0006: "A-law",
+    0x0007: "mu-law",
+    0x0011: "IMA ADPCM",
+    0x0055: "MP3",
+}
 # A fmt chunk is 16, 18 or 40 bytes; a longer one is read this far and the rest skipped.
 _FMT_READ = 1024
 # Data sizes from here up are what streaming writers put in before they know the
@@ -83,18 +88,19 @@ class WavFormat:
             raw = np.frombuffer(data, dtype=np.uint8, count=frames * self.frame_bytes)
             raw = raw.reshape(frames, self.channels, 3)
             if channel is not None:
-                raw = raw[:, channel:channel + 1]
+                raw = raw[:, channel : channel + 1]
             # 24-bit: the three bytes at the top of an int32 (left-justified, as scipy
             # reads them), which also sign-extends.
-            widened = np.zeros(raw.shape[:2] + (4,), dtype=np.uint8)
+            widened = np.zeros((*raw.shape[:2], 4), dtype=np.uint8)
             widened[..., 1:] = raw
             values = widened.view("<i4")[..., 0]
         else:
             kind = "f" if self.is_float else ("u" if self.sample_bytes == 1 else "i")
-            values = np.frombuffer(data, dtype=f"<{kind}{self.sample_bytes}",
-                                   count=frames * self.channels).reshape(frames, self.channels)
+            values = np.frombuffer(
+                data, dtype=f"<{kind}{self.sample_bytes}", count=frames * self.channels
+            ).reshape(frames, self.channels)
             if channel is not None:
-                values = values[:, channel:channel + 1]
+                values = values[:, channel : channel + 1]
         mixed = values.shape[1]
         if mixed == 1:
             total = values[:, 0].astype(np.float64)
@@ -116,8 +122,9 @@ def _check_floats(samples: np.ndarray) -> None:
     if not np.isfinite(peak):
         raise InvalidInput("WAV float samples include NaN or infinity")
     if peak > FLOAT_LIMIT:
-        raise InvalidInput(f"WAV float samples reach {peak:.3g}: not audio "
-                           f"(at most {FLOAT_LIMIT:g})")
+        raise InvalidInput(
+            f"WAV float samples reach {peak:.3g}: not audio (at most {FLOAT_LIMIT:g})"
+        )
 
 
 class WavReader:
@@ -129,8 +136,9 @@ class WavReader:
         self._data_bytes = data_bytes
         self.frames_read = 0
 
-    def samples(self, channel: int | None = None,
-                block_frames: int = BLOCK_FRAMES) -> Iterator[np.ndarray]:
+    def samples(
+        self, channel: int | None = None, block_frames: int = BLOCK_FRAMES
+    ) -> Iterator[np.ndarray]:
         """float64 blocks of at most ``block_frames`` samples, in order, to the data's end.
 
         Raises InvalidInput if the data chunk holds no whole frame. Only the bytes of
@@ -152,7 +160,7 @@ class WavReader:
                 carried = b""
             whole = len(piece) - len(piece) % frame_bytes
             for start in range(0, whole, block_bytes):
-                yield self._decoded(piece[start:min(whole, start + block_bytes)], channel)
+                yield self._decoded(piece[start : min(whole, start + block_bytes)], channel)
             carried = bytes(piece[whole:])
         if self.frames_read == 0:
             raise InvalidInput("WAV has no samples: the data chunk holds no complete frame")
@@ -175,8 +183,9 @@ def open_wav(chunks: Iterable[bytes]) -> WavReader:
         raise InvalidInput(f"not a WAV file: {len(head)} bytes is shorter than a RIFF header")
     if head[0:4] != b"RIFF" or head[8:12] != b"WAVE":
         if head[0:4] in (b"RIFX", b"RF64") and head[8:12] == b"WAVE":
-            raise InvalidInput(f"unsupported WAV variant {head[0:4].decode()}, "
-                               "only little-endian RIFF is read")
+            raise InvalidInput(
+                f"unsupported WAV variant {head[0:4].decode()}, only little-endian RIFF is read"
+            )
         raise InvalidInput("not a WAV file: it does not start with a RIFF/WAVE header")
     fmt: tuple[int, int, int, int] | None = None
     while True:
@@ -195,9 +204,13 @@ def open_wav(chunks: Iterable[bytes]) -> WavReader:
                 raise InvalidInput("malformed WAV: the data chunk comes before the fmt chunk")
             tag, channels, rate, sample_bytes = fmt
             known = size < UNKNOWN_SIZE_FROM
-            wav_format = WavFormat(rate=rate, channels=channels, sample_bytes=sample_bytes,
-                                   is_float=tag == _IEEE_FLOAT,
-                                   frames=size // (channels * sample_bytes) if known else None)
+            wav_format = WavFormat(
+                rate=rate,
+                channels=channels,
+                sample_bytes=sample_bytes,
+                is_float=tag == _IEEE_FLOAT,
+                frames=size // (channels * sample_bytes) if known else None,
+            )
             return WavReader(wav_format, source, size if known else None)
         else:
             source.skip(padded)
@@ -234,9 +247,9 @@ class _ByteSource:
         """Up to ``count`` bytes (fewer only at the end): for headers, small by design."""
         out = bytearray()
         while len(out) < count and self._fill():
-            taken = self._current[:count - len(out)]
+            taken = self._current[: count - len(out)]
             out += taken
-            self._current = self._current[len(taken):]
+            self._current = self._current[len(taken) :]
         return bytes(out)
 
     def skip(self, count: int) -> None:
@@ -249,7 +262,7 @@ class _ByteSource:
         """The next ``count`` bytes (None: all that is left) as they arrive, uncopied."""
         while (count is None or count > 0) and self._fill():
             taken = self._current if count is None else self._current[:count]
-            self._current = self._current[len(taken):]
+            self._current = self._current[len(taken) :]
             if count is not None:
                 count -= len(taken)
             yield taken
@@ -262,8 +275,9 @@ def _parse_fmt(body: bytes, declared: int) -> tuple[int, int, int, int]:
     tag, channels, rate, _byte_rate, block_align, bits = struct.unpack_from("<HHIIHH", body, 0)
     if tag == _EXTENSIBLE:
         if len(body) < 40:
-            raise InvalidInput("malformed WAV: WAVE_FORMAT_EXTENSIBLE fmt chunk is shorter "
-                               "than 40 bytes")
+            raise InvalidInput(
+                "malformed WAV: WAVE_FORMAT_EXTENSIBLE fmt chunk is shorter than 40 bytes"
+            )
         guid = bytes(body[24:40])
         if guid[4:] != _GUID_TAIL:
             raise InvalidInput("unsupported WAV encoding: unknown WAVE_FORMAT_EXTENSIBLE subformat")
@@ -276,12 +290,14 @@ def _parse_fmt(body: bytes, declared: int) -> tuple[int, int, int, int]:
     if rate == 0:
         raise InvalidInput("malformed WAV: fmt chunk declares a sample rate of 0")
     if block_align == 0 or block_align % channels:
-        raise InvalidInput(f"malformed WAV: block size {block_align} does not fit "
-                           f"{channels} channels")
+        raise InvalidInput(
+            f"malformed WAV: block size {block_align} does not fit {channels} channels"
+        )
     sample_bytes = block_align // channels
     allowed = (4, 8) if tag == _IEEE_FLOAT else (1, 2, 3, 4)
     if sample_bytes not in allowed or bits > 8 * sample_bytes or bits == 0:
         kind = "float" if tag == _IEEE_FLOAT else "PCM"
-        raise InvalidInput(f"unsupported WAV encoding: {bits}-bit {kind} in "
-                           f"{sample_bytes}-byte samples")
+        raise InvalidInput(
+            f"unsupported WAV encoding: {bits}-bit {kind} in {sample_bytes}-byte samples"
+        )
     return tag, channels, rate, sample_bytes

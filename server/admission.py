@@ -18,7 +18,7 @@ import asyncio
 import collections
 import contextlib
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from handlers.base import DeadlineExceeded, Overloaded
 

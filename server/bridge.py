@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
-from typing import Any, AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncGenerator, Coroutine, Iterator
+from typing import Any
 
 from handlers.base import Cancelled, Function, Params, Request
 
@@ -63,7 +65,7 @@ class HandlerRun:
         """The input broke a rule (too large, malformed): the handler's next read raises it."""
         await self._inbox.put(_Failure(exc))
 
-    async def outputs(self) -> AsyncIterator[Any]:
+    async def outputs(self) -> AsyncGenerator[Any, None]:
         """A Header, then each part (bytes), until the handler is done; raises its error."""
         while True:
             item = await self._outbox.get()
@@ -113,10 +115,8 @@ class HandlerRun:
         except Cancelled:
             pass
         except BaseException as exc:  # noqa: BLE001 - every error must reach the caller
-            try:
+            with contextlib.suppress(Cancelled):
                 self._emit(_Failure(exc))
-            except Cancelled:
-                pass
         finally:
             close = getattr(parts, "close", None)
             if close is not None:

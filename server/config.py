@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -104,7 +105,7 @@ class FunctionConfig:
         return DEFAULT_QUEUE_PER_SLOT * self.max_concurrency
 
     @classmethod
-    def from_yaml(cls, name: str, entry: Mapping[str, Any]) -> "FunctionConfig":
+    def from_yaml(cls, name: str, entry: Mapping[str, Any]) -> FunctionConfig:
         if not isinstance(entry, Mapping):
             raise ConfigError(f"functions.{name}: expected a mapping")
         known = {f.name for f in fields(cls)} - {"name"}
@@ -127,11 +128,13 @@ class FunctionConfig:
             max_concurrency=_count(entry.get("max_concurrency", 0), f"{name}.max_concurrency"),
             max_uploads=_count(entry.get("max_uploads", 0), f"{name}.max_uploads"),
             max_queue=(
-                None if entry.get("max_queue") is None
+                None
+                if entry.get("max_queue") is None
                 else _count(entry["max_queue"], f"{name}.max_queue")
             ),
             max_call_seconds=(
-                None if entry.get("max_call_seconds") is None
+                None
+                if entry.get("max_call_seconds") is None
                 else _seconds(entry["max_call_seconds"], f"{name}.max_call_seconds")
             ),
             workers=tuple(str(w) for w in workers),
@@ -197,7 +200,7 @@ class Settings:
                 return fn
         return None
 
-    def with_routes(self, routes: Mapping[str, tuple[str, ...]]) -> "Settings":
+    def with_routes(self, routes: Mapping[str, tuple[str, ...]]) -> Settings:
         """Point functions at other workers, as --route NAME=HOST:PORT[,HOST:PORT] does."""
         functions = list(self.functions)
         for name, addresses in routes.items():
@@ -265,8 +268,11 @@ def _coerce(name: str, value: Any) -> Any:
             raise ConfigError(f"{name}: expected seconds, 0 or more, got {value!r}")
         return seconds
     if name in (
-        "max_call_seconds", "input_idle_seconds",
-        "http_header_timeout", "http_body_timeout", "http_keepalive_timeout",
+        "max_call_seconds",
+        "input_idle_seconds",
+        "http_header_timeout",
+        "http_body_timeout",
+        "http_keepalive_timeout",
     ):
         return _seconds(value, name)
     if name == "min_input_bytes_per_second":

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
 import grpc
 
@@ -92,7 +92,7 @@ class Gateway:
         }
         self._unary = ByteBudget(settings.max_unary_bytes)
         for name, admission in self._admissions.items():
-            self.metrics.queue_depth.labels(name).set_function(lambda a=admission: a.waiting)
+            self.metrics.queue_depth.labels(name).set_function(_waiting_in(admission))
 
     @property
     def in_flight(self) -> int:
@@ -185,13 +185,18 @@ class Gateway:
         self.metrics.bytes_out.labels(label).inc(sizes[1])
         log.info(
             "call %s %s %s %.1f ms in=%d out=%d",
-            request_id, loggable(name), code, elapsed * 1000, sizes[0], sizes[1],
+            request_id,
+            loggable(name),
+            code,
+            elapsed * 1000,
+            sizes[0],
+            sizes[1],
         )
 
     async def invoke(
         self,
         name: str,
-        data: bytes,
+        data: bytes | memoryview,
         params: Mapping[str, str],
         context: grpc.aio.ServicerContext,
     ) -> tuple[str, bytes]:
@@ -215,7 +220,9 @@ class Gateway:
                     continue
                 piece = response.chunk if kind == "chunk" else response.result
                 if held + len(piece) > limit:
-                    raise TooLarge(f"{name}: output exceeds the Invoke limit of {limit} bytes; use Call")
+                    raise TooLarge(
+                        f"{name}: output exceeds the Invoke limit of {limit} bytes; use Call"
+                    )
                 self._unary.grow(len(piece))
                 held += len(piece)
                 body.append(piece)
@@ -267,7 +274,9 @@ class Gateway:
                 answered = False
                 await self._worker_up(fn, deadline)
                 try:
-                    async for response in self._attempt(stub, fn, header, replay, deadline, request_id):
+                    async for response in self._attempt(
+                        stub, fn, header, replay, deadline, request_id
+                    ):
                         answered = True
                         yield response
                     return
@@ -297,7 +306,9 @@ class Gateway:
         patience = self.settings.startup_wait
         deadline_first = remaining < patience
         give_up = loop.time() + (remaining if deadline_first else patience)
-        while not await self.routes.wait_ready(fn.name, min(STARTING_POLL_SECONDS, give_up - loop.time())):
+        while not await self.routes.wait_ready(
+            fn.name, min(STARTING_POLL_SECONDS, give_up - loop.time())
+        ):
             if not self._starting(fn.name):
                 return
             if loop.time() >= give_up:
@@ -372,7 +383,9 @@ class Gateway:
     ) -> errors.CallError:
         if code == grpc.StatusCode.UNAVAILABLE:
             # Where the workers are is for the log, not for callers.
-            log.warning("%s: worker unavailable at %s: %s", fn.name, self.routes.target(fn.name), details)
+            log.warning(
+                "%s: worker unavailable at %s: %s", fn.name, self.routes.target(fn.name), details
+            )
             return errors.CallError(code, f"{fn.name}: worker unavailable")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return errors.CallError(code, f"{fn.name}: deadline exceeded")
@@ -403,7 +416,10 @@ class GatewayServicer(dcf_pb2_grpc.GatewayServicer):
         except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
             failure = exc
         if failure is not None:
-            input_pending = chunks is None or chunks.ag_frame is not None
+            # An async generator's frame is None once it has ended; typing's AsyncIterator
+            # has no ag_frame, the generator read_chunks returns has.
+            ended = chunks is not None and chunks.ag_frame is None  # type: ignore[attr-defined]
+            input_pending = not ended
             async for response in errors.fail_stream(context, failure, input_pending):
                 yield response
 
@@ -415,7 +431,7 @@ class GatewayServicer(dcf_pb2_grpc.GatewayServicer):
                     request.function, request.input, request.params, context
                 )
                 return dcf_pb2.InvokeResponse(output=output, content_type=content_type)
-        except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
+        except Exception as exc:  # any error: mapped to a status in one place
             await errors.abort(context, exc)
             raise  # unreachable: abort raises
 
@@ -439,10 +455,16 @@ def function_info(fn: FunctionConfig) -> dcf_pb2.FunctionInfo:
     )
 
 
+def _waiting_in(admission: Admission) -> Callable[[], float]:
+    """The queue-depth gauge's reading: the calls waiting in ``admission`` now."""
+    return lambda: admission.waiting
+
+
 def _give_back_after(context: grpc.aio.ServicerContext, held: int) -> None:
     """Trim memory once the call is over, when gRPC has let go of its messages too."""
     if held >= TRIM_AFTER_BYTES:
-        context.add_done_callback(lambda _call: give_back(held))
+        # types-grpcio declares the callback as a class (_DoneCallback), not a callable.
+        context.add_done_callback(lambda _call: give_back(held))  # type: ignore[arg-type]
 
 
 def _input_error(upstream: asyncio.Task[None]) -> BaseException | None:
@@ -455,5 +477,3 @@ def _input_error(upstream: asyncio.Task[None]) -> BaseException | None:
 async def _aiter(items: list[memoryview]) -> AsyncIterator[bytes]:
     for item in items:
         yield bytes(item)
-
-

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import message as protobuf_message
@@ -41,7 +42,7 @@ class Malformed:
     def __init__(self, type_name: str) -> None:
         self.message = f"a request message is not a valid {type_name}"
 
-    def WhichOneof(self, _group: str) -> None:  # noqa: N802 - the protobuf message API
+    def WhichOneof(self, _group: str) -> None:
         return None
 
 
@@ -63,9 +64,12 @@ def _tolerant(parse: Callable[[bytes], Any], type_name: str) -> Callable[[bytes]
     return deserialize
 
 
-def _refusing_malformed(behaviour: Callable[..., Any], streaming_response: bool) -> Callable[..., Any]:
+def _refusing_malformed(
+    behaviour: Callable[..., Any], streaming_response: bool
+) -> Callable[..., Any]:
     """A unary-request method that answers INVALID_ARGUMENT to a malformed request."""
     if streaming_response:
+
         async def stream_out(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             if isinstance(request, Malformed):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
@@ -89,7 +93,7 @@ def servicer_adder(servicer: object, service: ServiceDescriptor) -> Adder:
     Methods the servicer names in ``RAW_REQUESTS`` get the request's bytes undecoded,
     to weigh a large message before paying for its decoded copy.
     """
-    raw = getattr(servicer, "RAW_REQUESTS", frozenset())
+    raw: frozenset[str] = getattr(servicer, "RAW_REQUESTS", frozenset())
     makers = {
         (False, False): grpc.unary_unary_rpc_method_handler,
         (False, True): grpc.unary_stream_rpc_method_handler,
@@ -186,7 +190,11 @@ async def serve(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -210,7 +218,7 @@ async def serve(
         if in_flight is not None:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + grace_seconds
-            while in_flight() > 0 and loop.time() < deadline:
+            while in_flight() > 0 and loop.time() < deadline:  # noqa: ASYNC110 - a count, no event
                 await asyncio.sleep(0.05)
             grace = max(0.0, deadline - loop.time()) if in_flight() else 0.5
         await server.stop(grace)

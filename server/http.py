@@ -42,9 +42,10 @@ import resource
 import socket
 import ssl
 import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import grpc
@@ -64,7 +65,12 @@ from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
 from protos.dcf.v1 import dcf_pb2_grpc
 from server.config import ConfigError
 from server.http_api import (
-    ALL_METHODS, REQUEST_ID, TIMEOUT_HEADER, call_function, error_response, http_error,
+    ALL_METHODS,
+    REQUEST_ID,
+    TIMEOUT_HEADER,
+    call_function,
+    error_response,
+    http_error,
     list_functions,
 )
 
@@ -109,8 +115,12 @@ class FrontOptions:
 # The settings above; Settings has each as ``http_`` + its name (DCF_HTTP_... in the
 # environment).
 FRONT_FIELDS = (
-    "allowed_hosts", "allowed_origins", "header_timeout", "body_timeout",
-    "keepalive_timeout", "max_connections",
+    "allowed_hosts",
+    "allowed_origins",
+    "header_timeout",
+    "body_timeout",
+    "keepalive_timeout",
+    "max_connections",
 )
 
 
@@ -151,7 +161,7 @@ def front_options(values: Mapping[str, Any]) -> FrontOptions:
     return FrontOptions(**options)
 
 
-def _front_values(settings: "Settings") -> dict[str, Any]:
+def _front_values(settings: Settings) -> dict[str, Any]:
     """The front's settings, for ``front_options``."""
     return {field: getattr(settings, "http_" + field) for field in FRONT_FIELDS}
 
@@ -234,7 +244,7 @@ class BrowserPolicy:
     any_origin: bool = False
 
     @classmethod
-    def build(cls, options: FrontOptions, bound_host: str) -> "BrowserPolicy":
+    def build(cls, options: FrontOptions, bound_host: str) -> BrowserPolicy:
         names = set(options.allowed_hosts)
         if not names:
             names.update(LOCAL_NAMES)
@@ -301,16 +311,20 @@ class BrowserGuard:
             host = _split_host(hosts[0])
             if host is None:
                 return error_response(
-                    400, "INVALID_ARGUMENT", f"header Host: not a host name: {_shown(hosts[0])}",
+                    400,
+                    "INVALID_ARGUMENT",
+                    f"header Host: not a host name: {_shown(hosts[0])}",
                     close,
                 )
             local = scope.get("server")
             if not self.policy.serves(host[0], local[0] if local else None):
                 self._refusals.warning("HTTP: refused a request for host %s", _shown(hosts[0]))
                 return error_response(
-                    421, "MISDIRECTED_REQUEST",
+                    421,
+                    "MISDIRECTED_REQUEST",
                     f"this server does not answer for host {_shown(host[0])} "
-                    "(DCF_HTTP_ALLOWED_HOSTS lists the names it serves)", close,
+                    "(DCF_HTTP_ALLOWED_HOSTS lists the names it serves)",
+                    close,
                 )
         origins = headers.getlist("origin")
         if not origins or self.policy.any_origin:
@@ -323,9 +337,11 @@ class BrowserGuard:
             return None
         self._refusals.warning("HTTP: refused a call from origin %s", _shown(origins[0]))
         return error_response(
-            403, "PERMISSION_DENIED",
+            403,
+            "PERMISSION_DENIED",
             f"cross-origin call refused: {_shown(origins[0])} is not this server's page "
-            "(DCF_HTTP_ALLOWED_ORIGINS lists the other origins it accepts)", close,
+            "(DCF_HTTP_ALLOWED_ORIGINS lists the other origins it accepts)",
+            close,
         )
 
 
@@ -453,13 +469,13 @@ class IdleConnections:
     def __init__(self) -> None:
         self._order: collections.OrderedDict[FrontProtocol, None] = collections.OrderedDict()
 
-    def add(self, connection: "FrontProtocol") -> None:
+    def add(self, connection: FrontProtocol) -> None:
         self._order.setdefault(connection, None)
 
-    def discard(self, connection: "FrontProtocol") -> None:
+    def discard(self, connection: FrontProtocol) -> None:
         self._order.pop(connection, None)
 
-    def oldest(self) -> "FrontProtocol | None":
+    def oldest(self) -> FrontProtocol | None:
         return next(iter(self._order), None)
 
 
@@ -496,6 +512,7 @@ class FrontProtocol(H11Protocol):
 
     # -- asyncio.Protocol
 
+    # An asyncio.Transport, not any BaseTransport: as uvicorn's own override declares.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.made = True
         super().connection_made(transport)
@@ -549,9 +566,7 @@ class FrontProtocol(H11Protocol):
         if state is h11.SEND_BODY:
             if self._body_timer is None:
                 self._body_seen = self.loop.time()
-                self._body_timer = self.loop.call_later(
-                    self.options.body_timeout, self._body_check
-                )
+                self._body_timer = self.loop.call_later(self.options.body_timeout, self._body_check)
         else:
             self._cancel(body=True)
 
@@ -604,11 +619,13 @@ class FrontProtocol(H11Protocol):
         """
         cycle = self.cycle
         if cycle is not None and not cycle.response_started:
-            body = json.dumps({
-                "code": "DEADLINE_EXCEEDED",
-                "message": f"the request body stalled: nothing came for "
-                           f"{self.options.body_timeout:g} s",
-            }).encode()
+            body = json.dumps(
+                {
+                    "code": "DEADLINE_EXCEEDED",
+                    "message": f"the request body stalled: nothing came for "
+                    f"{self.options.body_timeout:g} s",
+                }
+            ).encode()
             self._write_answer(408, body)
         if cycle is not None:
             cycle.disconnected = True
@@ -644,8 +661,11 @@ class FrontProtocol(H11Protocol):
         self.idle.discard(self)
         if self.transport.is_closing():
             return
-        log.debug("HTTP: dropping a connection from %s (client %s)", self.client,
-                  self.conn.their_state.__name__)
+        log.debug(
+            "HTTP: dropping a connection from %s (client %s)",
+            self.client,
+            self.conn.their_state.__name__,
+        )
         with contextlib.suppress(h11.LocalProtocolError):
             self.conn.send(h11.ConnectionClosed())
         self.transport.abort()
@@ -731,7 +751,9 @@ class Listener:
         log.debug("HTTP: accept failed for want of a descriptor: %s", exc.strerror)
         self._starved.warning(
             "HTTP: out of file descriptors (%s) with %d HTTP connections open; "
-            "closing idle ones and retrying", exc.strerror, self.open_connections,
+            "closing idle ones and retrying",
+            exc.strerror,
+            self.open_connections,
         )
         victim = self._idle.oldest()
         if victim is not None:
@@ -755,10 +777,12 @@ class Listener:
         protocol = self._make_protocol(self._closed)
         try:
             await loop.connect_accepted_socket(
-                lambda: protocol, conn, ssl=self._ssl,
+                lambda: protocol,
+                conn,
+                ssl=self._ssl,
                 ssl_handshake_timeout=self._handshake_timeout if self._ssl else None,
             )
-        except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, ssl.SSLError) as exc:
             log.debug("HTTP: a connection ended before it began: %s", exc)
         finally:
             if not protocol.made:  # no connection_lost will come to count it out
@@ -790,18 +814,21 @@ class Listener:
         await asyncio.gather(self._task, *self._opening, return_exceptions=True)
 
 
-def _report_end(task: "asyncio.Task[None]") -> None:
+def _report_end(task: asyncio.Task[None]) -> None:
     """The accept loop ends only when the front stops; anything else is a bug, said loudly."""
     if not task.cancelled() and task.exception() is not None:
-        log.error("HTTP: the accept loop failed; no new connections are taken",
-                  exc_info=task.exception())
+        log.error(
+            "HTTP: the accept loop failed; no new connections are taken", exc_info=task.exception()
+        )
 
 
 def _busy_answer() -> bytes:
-    body = json.dumps({
-        "code": "UNAVAILABLE",
-        "message": "the HTTP front has no free connection: try again shortly",
-    }).encode()
+    body = json.dumps(
+        {
+            "code": "UNAVAILABLE",
+            "message": "the HTTP front has no free connection: try again shortly",
+        }
+    ).encode()
     head = (
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\nretry-after: 1\r\nconnection: close\r\n"
@@ -820,8 +847,9 @@ class FrontServer(uvicorn.Server):
     The caller owns SIGTERM and SIGINT: uvicorn's own signal handling is off.
     """
 
-    def __init__(self, config: uvicorn.Config, sock: socket.socket, options: FrontOptions,
-                 cap: int) -> None:
+    def __init__(
+        self, config: uvicorn.Config, sock: socket.socket, options: FrontOptions, cap: int
+    ) -> None:
         super().__init__(config)
         self.sock = sock
         self.options = options
@@ -829,20 +857,30 @@ class FrontServer(uvicorn.Server):
         self.idle = IdleConnections()
 
     @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[override]
+    def capture_signals(self) -> Iterator[None]:
         yield  # the stop event is ours; uvicorn must not take the signals
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=[])  # the lifespan only: no asyncio server
-        self.servers = [Listener(  # type: ignore[list-item] - closed and awaited like one
-            self.sock, self._protocol, self.config.ssl, cap=self.cap,
-            handshake_timeout=self.options.header_timeout, idle=self.idle,
-        )]
+        self.servers = [
+            Listener(  # type: ignore[list-item]  # closed and awaited like a Server
+                self.sock,
+                self._protocol,
+                self.config.ssl,
+                cap=self.cap,
+                handshake_timeout=self.options.header_timeout,
+                idle=self.idle,
+            )
+        ]
 
     def _protocol(self, on_lost: Callable[[], None]) -> FrontProtocol:
         return FrontProtocol(
-            self.config, self.server_state, self.lifespan.state,
-            options=self.options, idle=self.idle, on_lost=on_lost,
+            self.config,
+            self.server_state,
+            self.lifespan.state,
+            options=self.options,
+            idle=self.idle,
+            on_lost=on_lost,
         )
 
 
@@ -885,8 +923,9 @@ async def run_http(
     if bool(tls_cert) != bool(tls_key):
         log.error("HTTP: TLS needs both DCF_TLS_CERT and DCF_TLS_KEY")
         return 2
-    app = create_app(gateway_address, credentials, channel_options, options=options,
-                     bound_host=host)
+    app = create_app(
+        gateway_address, credentials, channel_options, options=options, bound_host=host
+    )
     config = uvicorn.Config(
         app,
         http="h11",
@@ -897,7 +936,8 @@ async def run_http(
         server_header=False,
         ssl_certfile=tls_cert or None,
         ssl_keyfile=tls_key or None,
-        timeout_keep_alive=options.keepalive_timeout,  # type: ignore[arg-type] - seconds
+        # uvicorn declares an int, and takes float seconds as they are.
+        timeout_keep_alive=options.keepalive_timeout,  # type: ignore[arg-type]
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         timeout_graceful_shutdown=max(1, math.ceil(grace_seconds)),
     )
@@ -911,7 +951,10 @@ async def run_http(
     except OSError as exc:
         log.error(
             "HTTP: cannot listen on %s:%d: %s (choose another with --http-port or "
-            "DCF_HTTP_PORT, or turn it off with --no-http)", host, port, exc.strerror or exc,
+            "DCF_HTTP_PORT, or turn it off with --no-http)",
+            host,
+            port,
+            exc.strerror or exc,
         )
         return 2
     bound = sock.getsockname()[1]
@@ -920,9 +963,16 @@ async def run_http(
     cap, open_files = connection_cap(options.max_connections)
     log.info(
         "HTTP front on %s://%s:%d/ (gateway %s; at most %d connections%s; head within %g s, "
-        "body stalls %g s, keep-alive %g s)", scheme, shown, bound, gateway_address, cap,
-        f" of {open_files} open files" if open_files else "", options.header_timeout,
-        options.body_timeout, options.keepalive_timeout,
+        "body stalls %g s, keep-alive %g s)",
+        scheme,
+        shown,
+        bound,
+        gateway_address,
+        cap,
+        f" of {open_files} open files" if open_files else "",
+        options.header_timeout,
+        options.body_timeout,
+        options.keepalive_timeout,
     )
     server = FrontServer(config, sock, options, cap)
     serving = asyncio.create_task(server.serve())
@@ -967,13 +1017,13 @@ def loopback(host: str, port: int) -> str:
 MESSAGE_SLACK = 1 << 16
 
 
-def _channel_options(settings: "Settings") -> list[tuple[str, Any]]:
+def _channel_options(settings: Settings) -> list[tuple[str, Any]]:
     from server.grpc_server import message_options
 
     return message_options(settings.max_invoke_bytes + MESSAGE_SLACK)
 
 
-def _options(settings: "Settings") -> FrontOptions | None:
+def _options(settings: Settings) -> FrontOptions | None:
     """The front's options, or None (logged) when one cannot be used."""
     try:
         return front_options(_front_values(settings))
@@ -983,7 +1033,7 @@ def _options(settings: "Settings") -> FrontOptions | None:
 
 
 async def serve_role(
-    settings: "Settings", gateway_address: str, gateway_ca: str, stop: asyncio.Event
+    settings: Settings, gateway_address: str, gateway_ca: str, stop: asyncio.Event
 ) -> int:
     """``python -m server http``: the front alone, calling a gateway elsewhere.
 
@@ -999,15 +1049,21 @@ async def serve_role(
         log.error("HTTP: cannot read the gateway CA %s: %s", gateway_ca, exc.strerror)
         return 2
     return await run_http(
-        settings.host, settings.http_port, gateway_address, stop,
-        credentials=credentials, channel_options=_channel_options(settings),
-        tls_cert=settings.tls_cert, tls_key=settings.tls_key,
-        grace_seconds=settings.grace_seconds, options=options,
+        settings.host,
+        settings.http_port,
+        gateway_address,
+        stop,
+        credentials=credentials,
+        channel_options=_channel_options(settings),
+        tls_cert=settings.tls_cert,
+        tls_key=settings.tls_key,
+        grace_seconds=settings.grace_seconds,
+        options=options,
     )
 
 
 async def serve_beside_gateway(
-    settings: "Settings", stop: asyncio.Event, gateway_port: "asyncio.Future[int]"
+    settings: Settings, stop: asyncio.Event, gateway_port: asyncio.Future[int]
 ) -> int:
     """The embedded default's front: same process and loop as the gateway, reaching it
     over loopback gRPC once it serves. If the front cannot start, it sets ``stop``."""
@@ -1017,7 +1073,8 @@ async def serve_beside_gateway(
         return 2
     waiting = asyncio.create_task(stop.wait())
     try:
-        await asyncio.wait({gateway_port, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        watched: set[asyncio.Future[Any]] = {gateway_port, waiting}
+        await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
     finally:
         waiting.cancel()
     if not gateway_port.done() or gateway_port.cancelled():
@@ -1033,12 +1090,18 @@ async def serve_beside_gateway(
         return 2
     try:
         code = await run_http(
-            settings.host, settings.http_port, loopback(settings.host, gateway_port.result()),
-            stop, credentials=credentials, channel_options=_channel_options(settings),
-            tls_cert=settings.tls_cert, tls_key=settings.tls_key,
-            grace_seconds=settings.grace_seconds, options=options,
+            settings.host,
+            settings.http_port,
+            loopback(settings.host, gateway_port.result()),
+            stop,
+            credentials=credentials,
+            channel_options=_channel_options(settings),
+            tls_cert=settings.tls_cert,
+            tls_key=settings.tls_key,
+            grace_seconds=settings.grace_seconds,
+            options=options,
         )
-    except Exception:  # noqa: BLE001 - the service stops rather than run without its front
+    except Exception:  # any error: the service stops rather than run without its front
         log.exception("HTTP front failed")
         code = 2
     if code:

@@ -29,7 +29,8 @@ import json
 import logging
 import math
 import uuid
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any, cast
 
 import grpc
 from starlette.exceptions import HTTPException
@@ -149,7 +150,7 @@ class Relay:
     def __init__(
         self,
         stub: dcf_pb2_grpc.GatewayStub,
-        call: grpc.aio.StreamStreamCall,
+        call: grpc.aio.StreamStreamCall[dcf_pb2.CallRequest, dcf_pb2.CallResponse],
         request: Request,
         name: str,
     ) -> None:
@@ -206,9 +207,10 @@ class Relay:
             raise errors.CallError(grpc.StatusCode.CANCELLED, "the call was cancelled") from None
         if response is grpc.aio.EOF:
             return None
-        if response.WhichOneof("kind") == "failure":
-            raise errors.failure_error(response.failure)
-        return response
+        message = cast(dcf_pb2.CallResponse, response)  # the stubs type EOF as any object
+        if message.WhichOneof("kind") == "failure":
+            raise errors.failure_error(message.failure)
+        return message
 
     async def close(self) -> None:
         self.call.cancel()
@@ -273,16 +275,20 @@ class RelayResponse(Response):
                 return False
             log.warning(
                 "call to %s failed after its answer began: %s: %s",
-                relay.name, exc.code.name, exc.message,
+                relay.name,
+                exc.code.name,
+                exc.message,
             )
             if not self.partial:
                 return False  # the client sees an incomplete body, never a short one
             line = {"error": {"code": exc.code.name, "message": exc.message}}
-            await send({
-                "type": "http.response.body",
-                "body": json.dumps(line).encode() + b"\n",
-                "more_body": True,
-            })
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": json.dumps(line).encode() + b"\n",
+                    "more_body": True,
+                }
+            )
         return True
 
 
@@ -290,7 +296,8 @@ async def call_function(request: Request) -> Response:
     name = request.path_params["name"]
     if request.method != "POST":
         return error_response(
-            405, "METHOD_NOT_ALLOWED",
+            405,
+            "METHOD_NOT_ALLOWED",
             f"call a function with POST /v1/functions/{name}; GET /v1/functions lists them",
             {"allow": "POST"},
         )

@@ -76,7 +76,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelReadyResponse:
         try:
             fn = self._model(request.name, request.version)
-        except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
+        except Exception as exc:  # any error: mapped to a status in one place
             await errors.abort(context, exc)
             raise  # unreachable: abort raises
         return pb.ModelReadyResponse(ready=self._gateway.routes.ready(fn.name))
@@ -86,12 +86,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelMetadataResponse:
         try:
             self._model(request.name, request.version)
-        except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
+        except Exception as exc:  # any error: mapped to a status in one place
             await errors.abort(context, exc)
             raise  # unreachable: abort raises
         return codec.model_metadata(request.name)
 
-    async def ModelInfer(self, message: bytes, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+    async def ModelInfer(
+        self, message: bytes, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
         try:
             with self._gateway.unary_request(message, context):
                 request = pb.ModelInferRequest()
@@ -101,14 +103,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     data, raw = codec.input_of(request)
                     codec.check_outputs(request)
                     params = codec.params_of(request)
-                except Exception as exc:  # noqa: BLE001 - refused before the gateway's call
+                except Exception as exc:  # any error: refused before the gateway's call
                     self._gateway.refused(request.model_name, exc, context)
                     raise
                 content_type, body = await self._gateway.invoke(
                     request.model_name, data, params, context
                 )
                 return codec.infer_response(request, content_type, body, raw)
-        except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
+        except Exception as exc:  # any error: mapped to a status in one place
             await errors.abort(context, exc)
             raise  # unreachable: abort raises
-

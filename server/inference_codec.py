@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from handlers.base import InvalidInput, NotFound
 from protos.inference import grpc_predict_v2_pb2 as pb
@@ -125,9 +125,7 @@ def pack_bytes(elements: Iterable[bytes]) -> bytes:
 def input_of(request: pb.ModelInferRequest) -> tuple[memoryview | bytes, bool]:
     """The request's one input element, and whether it came raw (else typed)."""
     if len(request.inputs) != 1:
-        raise InvalidInput(
-            f"expected one input tensor {INPUT!r}, got {len(request.inputs)}"
-        )
+        raise InvalidInput(f"expected one input tensor {INPUT!r}, got {len(request.inputs)}")
     tensor = request.inputs[0]
     if tensor.name != INPUT:
         raise InvalidInput(f"unknown input {tensor.name!r}; the model's input is {INPUT!r}")
@@ -143,6 +141,7 @@ def input_of(request: pb.ModelInferRequest) -> tuple[memoryview | bytes, bool]:
     raw = len(request.raw_input_contents) > 0
     if raw and typed:
         raise InvalidInput("give the input either in raw_input_contents or in contents, not both")
+    elements: list[memoryview] | list[bytes]
     if raw:
         if len(request.raw_input_contents) != 1:
             raise InvalidInput(

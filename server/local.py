@@ -7,7 +7,7 @@ same handler as a worker, so a local result equals the served one byte for byte
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from handlers.base import NotFound, Reply, Request, TooLarge
 from server.config import Settings
@@ -35,4 +35,3 @@ def run_local(
     function = load_function(config)
     checked = check_params(config.name, params, function.params)
     return function.handle(Request(checked, _limited(chunks, config.name, config.max_input_bytes)))
-

@@ -21,20 +21,24 @@ import os
 import secrets
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 from handlers.base import FunctionError
 from protos.dcf.v1 import dcf_pb2
 from server.config import ConfigError, Settings, load_settings, parse_route
 from server.gateway import Gateway, GatewayServicer
 from server.grpc_server import serve, servicer_adder
-from server.inference import SERVICE as INFERENCE_SERVICE, InferenceServicer
+from server.inference import SERVICE as INFERENCE_SERVICE
 from server.inference import SERVICE_DESCRIPTOR as INFERENCE_DESCRIPTOR
+from server.inference import InferenceServicer
 from server.metrics import Metrics
 from server.routing import Routes
 from server.security import (
-    RefusalLog, TokenInterceptor, server_credentials, worker_credentials,
+    RefusalLog,
+    TokenInterceptor,
+    server_credentials,
+    worker_credentials,
 )
 from server.supervisor import Supervisor, WorkerProcess, local_port
 from server.worker import worker_servicer
@@ -56,21 +60,34 @@ def build_parser() -> argparse.ArgumentParser:
     def options(suppress: bool, gateway: bool) -> argparse.ArgumentParser:
         parent = argparse.ArgumentParser(add_help=False)
         default = argparse.SUPPRESS if suppress else None
-        parent.add_argument("--config", default=default,
-                            help="registry and settings YAML (default: $DCF_CONFIG or server/functions.yaml)")
-        parent.add_argument("--host", default=default,
-                            help="address to listen on (default 127.0.0.1; $DCF_HOST)")
-        parent.add_argument("--port", type=int, default=default, help="port to listen on ($DCF_PORT)")
-        parent.add_argument("--log-level", default=default,
-                            help="DEBUG, INFO, WARNING... ($DCF_LOG_LEVEL)")
+        parent.add_argument(
+            "--config",
+            default=default,
+            help="registry and settings YAML (default: $DCF_CONFIG or server/functions.yaml)",
+        )
+        parent.add_argument(
+            "--host", default=default, help="address to listen on (default 127.0.0.1; $DCF_HOST)"
+        )
+        parent.add_argument(
+            "--port", type=int, default=default, help="port to listen on ($DCF_PORT)"
+        )
+        parent.add_argument(
+            "--log-level", default=default, help="DEBUG, INFO, WARNING... ($DCF_LOG_LEVEL)"
+        )
         if gateway:
             parent.add_argument(
-                "--route", action="append", default=argparse.SUPPRESS if suppress else [],
+                "--route",
+                action="append",
+                default=argparse.SUPPRESS if suppress else [],
                 metavar="NAME=HOST:PORT[,HOST:PORT...]",
                 help="send function NAME to these workers instead of the registry's (repeatable)",
             )
-            parent.add_argument("--metrics-port", type=int, default=default,
-                                help="Prometheus metrics port (default 9100; $DCF_METRICS_PORT)")
+            parent.add_argument(
+                "--metrics-port",
+                type=int,
+                default=default,
+                help="Prometheus metrics port (default 9100; $DCF_METRICS_PORT)",
+            )
         return parent
 
     parser = argparse.ArgumentParser(
@@ -80,18 +97,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     roles = parser.add_subparsers(dest="role")
     roles.add_parser("gateway", parents=[options(True, True)], help="run the gateway only")
-    worker = roles.add_parser("worker", parents=[options(True, False)], help="run one function's worker")
+    worker = roles.add_parser(
+        "worker", parents=[options(True, False)], help="run one function's worker"
+    )
     worker.add_argument("function", help="the function this worker serves")
     worker.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--http-port", type=int,
-                        help="port of the HTTP API and web page (default 8080; $DCF_HTTP_PORT)")
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        help="port of the HTTP API and web page (default 8080; $DCF_HTTP_PORT)",
+    )
     parser.add_argument("--no-http", action="store_true", help="serve no HTTP API and web page")
-    http = roles.add_parser("http", parents=[options(True, False)],
-                            help="run the HTTP API and web page only (--port is the HTTP port)")
-    http.add_argument("--gateway", metavar="HOST:PORT",
-                      help="the gateway to call (default 127.0.0.1 and the gateway port)")
-    http.add_argument("--gateway-ca", metavar="PEM",
-                      help="reach the gateway with TLS, trusting this CA certificate")
+    http = roles.add_parser(
+        "http",
+        parents=[options(True, False)],
+        help="run the HTTP API and web page only (--port is the HTTP port)",
+    )
+    http.add_argument(
+        "--gateway",
+        metavar="HOST:PORT",
+        help="the gateway to call (default 127.0.0.1 and the gateway port)",
+    )
+    http.add_argument(
+        "--gateway-ca",
+        metavar="PEM",
+        help="reach the gateway with TLS, trusting this CA certificate",
+    )
     return parser
 
 
@@ -155,7 +186,8 @@ async def run_worker(
             credentials=server_credentials(settings),
             interceptors=(
                 [TokenInterceptor([settings.worker_token], RefusalLog(f"worker {name}"))]
-                if settings.worker_token else []
+                if settings.worker_token
+                else []
             ),
             in_flight=lambda: servicer.in_flight,
             max_connection_age_seconds=WORKER_CONNECTION_AGE_SECONDS,
@@ -217,11 +249,16 @@ async def run_gateway(
             settings.grace_seconds,
             credentials=server_credentials(settings),
             interceptors=(
-                [TokenInterceptor(
-                    settings.tokens,
-                    RefusalLog("gateway", lambda code: metrics.token_refusals.labels(code).inc()),
-                )]
-                if settings.tokens else []
+                [
+                    TokenInterceptor(
+                        settings.tokens,
+                        RefusalLog(
+                            "gateway", lambda code: metrics.token_refusals.labels(code).inc()
+                        ),
+                    )
+                ]
+                if settings.tokens
+                else []
             ),
             in_flight=lambda: gateway.in_flight,
             ready=not awaited,
@@ -234,7 +271,9 @@ async def run_gateway(
                     awaited.discard(name)
                     if not awaited:
                         await served.set_serving("", True)
-                        log.info("dcf gateway serving on %s:%d: %s", settings.host, served.port, names)
+                        log.info(
+                            "dcf gateway serving on %s:%d: %s", settings.host, served.port, names
+                        )
 
             watchers = [
                 asyncio.create_task(routes.watch(fn.name, report)) for fn in settings.functions
@@ -242,14 +281,18 @@ async def run_gateway(
             if awaited:
                 log.info(
                     "dcf gateway listening on %s:%d; waiting for workers: %s",
-                    settings.host, served.port, ", ".join(sorted(awaited)),
+                    settings.host,
+                    served.port,
+                    ", ".join(sorted(awaited)),
                 )
             else:
                 log.info("dcf gateway serving on %s:%d: %s", settings.host, served.port, names)
             if serving is not None and not serving.done():
                 serving.set_result(served.port)
             await stop.wait()
-            log.info("gateway stopping: finishing calls in flight (up to %gs)", settings.grace_seconds)
+            log.info(
+                "gateway stopping: finishing calls in flight (up to %gs)", settings.grace_seconds
+            )
             for task in watchers:
                 task.cancel()
             await asyncio.gather(*watchers, return_exceptions=True)

@@ -8,7 +8,7 @@ registry, owned by the gateway object, and are served over HTTP on the metrics p
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -19,35 +19,54 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "dcf_requests", "Calls by function and final gRPC status code.",
-            ["function", "code"], registry=self.registry,
+            "dcf_requests",
+            "Calls by function and final gRPC status code.",
+            ["function", "code"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "dcf_request_duration_seconds", "Time from a call's start to its end.",
-            ["function"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "dcf_request_duration_seconds",
+            "Time from a call's start to its end.",
+            ["function"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.bytes_in = Counter(
-            "dcf_input_bytes", "Input bytes received from callers.", ["function"],
+            "dcf_input_bytes",
+            "Input bytes received from callers.",
+            ["function"],
             registry=self.registry,
         )
         self.bytes_out = Counter(
-            "dcf_output_bytes", "Output bytes sent to callers.", ["function"],
+            "dcf_output_bytes",
+            "Output bytes sent to callers.",
+            ["function"],
             registry=self.registry,
         )
         self.in_flight = Gauge(
-            "dcf_calls_in_flight", "Calls being served now.", ["function"], registry=self.registry,
+            "dcf_calls_in_flight",
+            "Calls being served now.",
+            ["function"],
+            registry=self.registry,
         )
         self.token_refusals = Counter(
-            "dcf_token_refusals", "Calls refused for a missing or wrong bearer token.",
-            ["code"], registry=self.registry,
+            "dcf_token_refusals",
+            "Calls refused for a missing or wrong bearer token.",
+            ["code"],
+            registry=self.registry,
         )
         self.queue_depth = Gauge(
-            "dcf_queue_depth", "Calls waiting for a free slot of their function.", ["function"],
+            "dcf_queue_depth",
+            "Calls waiting for a free slot of their function.",
+            ["function"],
             registry=self.registry,
         )
         self.queue_wait = Histogram(
-            "dcf_queue_wait_seconds", "Time a call waited for a free slot (0 when none waited).",
-            ["function"], buckets=(0.0, *LATENCY_BUCKETS), registry=self.registry,
+            "dcf_queue_wait_seconds",
+            "Time a call waited for a free slot (0 when none waited).",
+            ["function"],
+            buckets=(0.0, *LATENCY_BUCKETS),
+            registry=self.registry,
         )
 
     @contextlib.contextmanager

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from handlers.base import DeadlineExceeded
 
@@ -55,10 +55,13 @@ async def paced(
         in_window += len(chunk)
         while recent and recent[0][0] < waited - window_seconds:
             in_window -= recent.popleft()[1]
-        if min_bytes_per_second and waited >= window_seconds:
-            if in_window < min_bytes_per_second * window_seconds:
-                raise DeadlineExceeded(
-                    f"{function}: input slower than {min_bytes_per_second} bytes/s over "
-                    f"{window_seconds:g} s; the upload was ended"
-                )
+        if (
+            min_bytes_per_second
+            and waited >= window_seconds
+            and in_window < min_bytes_per_second * window_seconds
+        ):
+            raise DeadlineExceeded(
+                f"{function}: input slower than {min_bytes_per_second} bytes/s over "
+                f"{window_seconds:g} s; the upload was ended"
+            )
         yield chunk

@@ -29,9 +29,9 @@ import os
 import socket
 import ssl
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -72,9 +72,11 @@ def check_tls(address: str, timeout: float = 3.0) -> tuple[bool, str]:
     context.verify_mode = ssl.CERT_NONE  # liveness on loopback, not who the peer is
     context.set_alpn_protocols(["h2"])
     try:
-        with socket.create_connection((host, port), timeout=timeout) as raw:
-            with context.wrap_socket(raw, server_hostname=host) as tls:
-                return True, f"TLS handshake ok ({tls.version()})"
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            return True, f"TLS handshake ok ({tls.version()})"
     except (OSError, ssl.SSLError) as exc:
         return False, f"no TLS handshake: {exc}"
 
@@ -168,7 +170,7 @@ def server_command(proc: Path = Path("/proc/1")) -> tuple[list[str], dict[str, s
         environ = {name: value for name, _, value in pairs}
     except OSError:
         environ = dict(os.environ)  # not ours to read: the container's is the same
-    return words[i + 2:], environ
+    return words[i + 2 :], environ
 
 
 def probe(target: Target, timeout: float) -> tuple[bool, str]:

@@ -12,7 +12,7 @@ worker killed mid-upload leaves nothing behind.
 from __future__ import annotations
 
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 # Received bytes kept in memory before the upload moves to a file.
 IN_MEMORY_BYTES = 2 << 20
@@ -22,7 +22,7 @@ class Received:
     """The bytes of one upload, written as they arrive, read back as chunks."""
 
     def __init__(self, spool_dir: str = "", in_memory_bytes: int = IN_MEMORY_BYTES) -> None:
-        self._file = tempfile.SpooledTemporaryFile(
+        self._file = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - closed by close()
             max_size=in_memory_bytes, dir=spool_dir or None, prefix="dcf-upload-"
         )
         self.size = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-from typing import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import grpc
 
@@ -31,7 +31,11 @@ def channel_target(addresses: Iterable[str]) -> str:
         raise ValueError("no worker addresses")
     if len(addresses) == 1:
         address = addresses[0]
-        return address if "://" in address or address.startswith(("ipv4:", "ipv6:", "unix:")) else f"dns:///{address}"
+        return (
+            address
+            if "://" in address or address.startswith(("ipv4:", "ipv6:", "unix:"))
+            else f"dns:///{address}"
+        )
     hosts = [a.rsplit(":", 1)[0].strip("[]") for a in addresses]
     try:
         versions = {ipaddress.ip_address(h).version for h in hosts}
@@ -123,12 +127,14 @@ class Routes:
             return False
 
         async def connected() -> None:
-            while (state := channel.get_state(try_to_connect=True)) != grpc.ChannelConnectivity.READY:
+            while (
+                state := channel.get_state(try_to_connect=True)
+            ) != grpc.ChannelConnectivity.READY:
                 await channel.wait_for_state_change(state)
 
         try:
             await asyncio.wait_for(connected(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Awaitable, Callable, Iterable
 
 import grpc
 
@@ -41,8 +41,12 @@ REFUSAL_LOG_SECONDS = 10.0
 class RefusalLog:
     """Counts refused tokens and says so in the log at most once per ``interval``."""
 
-    def __init__(self, role: str, counted: Callable[[str], None] | None = None,
-                 interval: float = REFUSAL_LOG_SECONDS) -> None:
+    def __init__(
+        self,
+        role: str,
+        counted: Callable[[str], None] | None = None,
+        interval: float = REFUSAL_LOG_SECONDS,
+    ) -> None:
         self._role = role
         self._counted = counted
         self._interval = interval
@@ -57,7 +61,9 @@ class RefusalLog:
         if now - self._last_logged >= self._interval:
             log.warning(
                 "%s refused %d call(s) for their token since the last such line (latest: %s)",
-                self._role, self._unlogged, reason,
+                self._role,
+                self._unlogged,
+                reason,
             )
             self._unlogged = 0
             self._last_logged = now
@@ -100,17 +106,15 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without a known bearer token: UNAUTHENTICATED when missing,
     PERMISSION_DENIED when wrong. Health checks stay open for probes."""
 
-    def __init__(
-        self, tokens: Iterable[str], refused: Callable[[str], None] | None = None
-    ) -> None:
+    def __init__(self, tokens: Iterable[str], refused: Callable[[str], None] | None = None) -> None:
         self._tokens = [t.encode() for t in tokens]
         self._refused = refused
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
         if handler is None or details.method.startswith(HEALTH_PREFIX):
             return handler
@@ -150,7 +154,9 @@ def _refusing(
 
     async def streaming(request, context):
         if announce:
-            async for response in fail_stream(context, CallError(code, message), input_pending=True):
+            async for response in fail_stream(
+                context, CallError(code, message), input_pending=True
+            ):
                 yield response
         await context.abort(code, message)
 

@@ -7,7 +7,7 @@ the moment it is crossed, without reading the rest).
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 
 from handlers.base import InvalidInput, Params, TooLarge
 from protos.dcf.v1 import dcf_pb2
@@ -39,7 +39,9 @@ async def read_chunks(requests: AsyncIterator[dcf_pb2.CallRequest]) -> AsyncIter
         yield request.chunk
 
 
-async def limited(chunks: AsyncIterator[bytes], function: str, max_bytes: int) -> AsyncIterator[bytes]:
+async def limited(
+    chunks: AsyncIterator[bytes], function: str, max_bytes: int
+) -> AsyncIterator[bytes]:
     """``chunks``, raising TooLarge as soon as more than ``max_bytes`` (0: no limit) pass."""
     total = 0
     async for chunk in chunks:

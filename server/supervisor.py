@@ -60,8 +60,15 @@ class Supervisor:
     @staticmethod
     def command(name: str, port: int, config_args: list[str]) -> list[str]:
         return [
-            sys.executable, "-m", "server", "worker", name, "--port", str(port),
-            "--exit-with-parent", *config_args,
+            sys.executable,
+            "-m",
+            "server",
+            "worker",
+            name,
+            "--port",
+            str(port),
+            "--exit-with-parent",
+            *config_args,
         ]
 
     @property
@@ -96,7 +103,9 @@ class Supervisor:
                 *worker.argv, env=self._environment
             )
             worker.restart_at = None
-            log.info("worker %s started (pid %d, port %d)", worker.name, worker.process.pid, worker.port)
+            log.info(
+                "worker %s started (pid %d, port %d)", worker.name, worker.process.pid, worker.port
+            )
             started = asyncio.get_running_loop().time()
             code = await worker.process.wait()
             if self._stopping:
@@ -114,16 +123,20 @@ class Supervisor:
     async def stop(self, grace_seconds: float) -> None:
         """SIGTERM every worker, wait for them to finish their calls, then kill stragglers."""
         self._stopping = True
-        running = [w for w in self._workers if w.process and w.process.returncode is None]
-        for worker in running:
-            worker.process.send_signal(signal.SIGTERM)
-        for worker in running:
+        running = [
+            (worker.name, worker.process)
+            for worker in self._workers
+            if worker.process is not None and worker.process.returncode is None
+        ]
+        for _, process in running:
+            process.send_signal(signal.SIGTERM)
+        for name, process in running:
             try:
-                await asyncio.wait_for(worker.process.wait(), grace_seconds + 5)
-            except asyncio.TimeoutError:
-                log.warning("worker %s did not stop in time; killing it", worker.name)
-                worker.process.kill()
-                await worker.process.wait()
+                await asyncio.wait_for(process.wait(), grace_seconds + 5)
+            except TimeoutError:
+                log.warning("worker %s did not stop in time; killing it", name)
+                process.kill()
+                await process.wait()
         for worker in self._workers:
             if worker.task:
                 worker.task.cancel()

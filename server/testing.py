@@ -69,7 +69,12 @@ def write_registry(path: Path, extra: dict | None = None, server: dict | None = 
     """The packaged registry with free ports everywhere, plus ``extra`` functions."""
     document = yaml.safe_load(REGISTRY.read_text())
     document.setdefault("server", {}).update(
-        {"port": free_port(), "metrics_port": free_port(), "http_port": free_port(), **(server or {})}
+        {
+            "port": free_port(),
+            "metrics_port": free_port(),
+            "http_port": free_port(),
+            **(server or {}),
+        }
     )
     functions = document["functions"]
     functions.update(extra or {})
@@ -98,7 +103,9 @@ class Service:
         return f"http://127.0.0.1:{self.http_port}"
 
     def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.address, options=[("grpc.max_receive_message_length", 1 << 28)])
+        return grpc.insecure_channel(
+            self.address, options=[("grpc.max_receive_message_length", 1 << 28)]
+        )
 
     def gateway(self, channel: grpc.Channel) -> dcf_pb2_grpc.GatewayStub:
         return dcf_pb2_grpc.GatewayStub(channel)
@@ -122,8 +129,13 @@ class Service:
                 self.process.wait()
 
 
-def start_service(tmp: Path, extra: dict | None = None, args: list[str] | None = None,
-                  env: dict | None = None, server: dict | None = None) -> Service:
+def start_service(
+    tmp: Path,
+    extra: dict | None = None,
+    args: list[str] | None = None,
+    env: dict | None = None,
+    server: dict | None = None,
+) -> Service:
     config = tmp / "functions.yaml"
     document = write_registry(config, extra, server)
     log = tmp / "server.log"
@@ -146,9 +158,9 @@ def start_service(tmp: Path, extra: dict | None = None, args: list[str] | None =
             wait_serving(service.address, name, timeout=120)
         if service.http_port is not None:
             wait_listening(service.http_port)
-    except BaseException:
+    except BaseException as exc:
         service.stop()
-        raise RuntimeError(f"server did not start:\n{log.read_text()[-4000:]}")
+        raise RuntimeError(f"server did not start:\n{log.read_text()[-4000:]}") from exc
     return service
 
 

@@ -24,8 +24,8 @@ import importlib
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 import grpc
 
@@ -35,8 +35,8 @@ from server import errors, stream
 from server.admission import Admission
 from server.bridge import HandlerRun, Header
 from server.callinfo import loggable, request_id_of
-from server.received import Received
 from server.config import FunctionConfig, Settings
+from server.received import Received
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,9 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
                 received.close()
             log.info(
                 "call %s %s %s %.1f ms",
-                request_id_of(context.invocation_metadata()), name, ended.outcome,
+                request_id_of(context.invocation_metadata()),
+                name,
+                ended.outcome,
                 (time.monotonic() - started) * 1000,
             )
 
@@ -137,7 +139,9 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
         received = Received(self._spool_dir)
         try:
             chunks = stream.read_chunks(requests)
-            async for chunk in stream.limited(chunks, self._config.name, self._config.max_input_bytes):
+            async for chunk in stream.limited(
+                chunks, self._config.name, self._config.max_input_bytes
+            ):
                 received.write(chunk)
         except BaseException:
             received.close()
@@ -198,9 +202,7 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
             async for response in errors.fail_stream(context, failure, input_pending):
                 yield response
 
-    async def _feed(
-        self, run: HandlerRun, requests: AsyncIterator[dcf_pb2.CallRequest]
-    ) -> None:
+    async def _feed(self, run: HandlerRun, requests: AsyncIterator[dcf_pb2.CallRequest]) -> None:
         try:
             chunks = stream.read_chunks(requests)
             async for chunk in stream.limited(
@@ -246,5 +248,7 @@ def worker_servicer(settings: Settings, name: str) -> tuple[WorkerServicer, Func
         raise LookupError(f"no function {name!r} in the registry (known: {known})")
     function = load_function(config)
     concurrency = config.max_concurrency or DEFAULT_CONCURRENCY
-    servicer = WorkerServicer(config, function, settings.chunk_bytes, concurrency, settings.spool_dir)
+    servicer = WorkerServicer(
+        config, function, settings.chunk_bytes, concurrency, settings.spool_dir
+    )
     return servicer, config

@@ -8,16 +8,13 @@ tests share live in tests/support.py, not here.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from protos.dcf.v1 import dcf_pb2_grpc
 from tests.support import Service, start_service
-
-# Still imported from here by test files not moved to tests.support yet; remove with them.
-from tests.support import ROOT, call_requests, collect_call, free_port, wait_serving  # noqa: F401
 
 UNIT_TESTS = Path(__file__).parent / "unit"
 

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, AsyncIterator, Callable, Iterable
+from typing import Any
 
 import grpc
 
@@ -67,12 +68,19 @@ def default_functions() -> tuple[FunctionConfig, ...]:
     """One function per behaviour; ``blocking`` runs one call at a time with one waiting."""
     return (
         registry_entry(
-            "echo", "echo", aliases=("echo-alias",), input_type="text/plain",
-            output_type="text/plain", description="its input, as it arrives",
+            "echo",
+            "echo",
+            aliases=("echo-alias",),
+            input_type="text/plain",
+            output_type="text/plain",
+            description="its input, as it arrives",
         ),
         registry_entry("raises", "raises", description="fails as its error param says"),
         registry_entry(
-            "blocking", "blocking", max_concurrency=1, max_queue=1,
+            "blocking",
+            "blocking",
+            max_concurrency=1,
+            max_queue=1,
             description="holds its answer until the test releases it",
         ),
         registry_entry("parts", "parts", description="many partial results"),
@@ -164,8 +172,7 @@ async def in_process(
     base = replace(base, **settings)
     async with leaves_no_task(), contextlib.AsyncExitStack() as stack:
         workers = {
-            fn.name: await stack.enter_async_context(worker_host(base, fn))
-            for fn in base.functions
+            fn.name: await stack.enter_async_context(worker_host(base, fn)) for fn in base.functions
         }
         routed = base.with_routes({name: (host.address,) for name, host in workers.items()})
         routes = Routes(routed.functions, routed.max_invoke_bytes + MESSAGE_SLACK)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from handlers.base import Function, InvalidInput, Reply, Request, TooLarge
 

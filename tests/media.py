@@ -12,7 +12,7 @@ import io
 import struct
 import tempfile
 import zlib
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import matplotlib
@@ -23,7 +23,7 @@ GRACE = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 RATE = 44100
 
 
-@lru_cache(maxsize=None)
+@cache
 def photo() -> bytes:
     """The JPEG bytes of grace_hopper.jpg (512 x 600)."""
     return GRACE.read_bytes()
@@ -165,11 +165,12 @@ def video(
     import cv2
 
     picture = cv2.imread(str(GRACE))
+    assert picture is not None, f"matplotlib sample photo missing: {GRACE}"
     height, width = picture.shape[:2]
     out_w, out_h = size
     with tempfile.TemporaryDirectory(prefix="dcf-media-") as folder:
         path = str(Path(folder) / f"clip{suffix}")
-        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*fourcc), fps, (out_w, out_h))
+        writer = cv2.VideoWriter(path, cv2.VideoWriter.fourcc(*fourcc), fps, (out_w, out_h))
         if not writer.isOpened():
             raise RuntimeError(f"OpenCV cannot write {fourcc} into {suffix}")
         try:
@@ -179,7 +180,7 @@ def video(
                 crop_w, crop_h = int(width * zoom), int(height * zoom)
                 left = int((width - crop_w) * share)
                 top = int((height - crop_h) * 0.5)
-                crop = picture[top:top + crop_h, left:left + crop_w]
+                crop = picture[top : top + crop_h, left : left + crop_w]
                 writer.write(cv2.resize(crop, (out_w, out_h), interpolation=cv2.INTER_AREA))
         finally:
             writer.release()
@@ -207,13 +208,13 @@ def mp4_broken_moov(data: bytes, how: str = "size") -> bytes:
     if how == "size":
         struct.pack_into(">I", out, offset, 0xFFFFFFF0)
     elif how == "zero":
-        out[offset + 8:offset + size] = bytes(size - 8)
+        out[offset + 8 : offset + size] = bytes(size - 8)
     elif how == "cut":
-        del out[offset:offset + size]
+        del out[offset : offset + size]
     elif how == "garble":
         start = offset + size // 4
         noise = np.random.default_rng(3).integers(0, 256, size // 2, dtype=np.uint8).tobytes()
-        out[start:start + len(noise)] = noise
+        out[start : start + len(noise)] = noise
     else:
         raise ValueError(how)
     return bytes(out)
@@ -255,7 +256,10 @@ def mjpeg_with_size(data: bytes, width: int, height: int) -> bytes:
 
 
 def make_video(
-    path: Path, frames: int, size: tuple[int, int] = (320, 240), fourcc: str = "mp4v",
+    path: Path,
+    frames: int,
+    size: tuple[int, int] = (320, 240),
+    fourcc: str = "mp4v",
     fps: float = 25.0,
 ) -> bytes:
     """grace_hopper.jpg panned and zoomed, ``frames`` frames of ``size``: a person in each."""
@@ -265,7 +269,7 @@ def make_video(
     assert photo is not None, f"matplotlib sample photo missing: {GRACE}"
     photo_h, photo_w = photo.shape[:2]
     width, height = size
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), fps, size)
     assert writer.isOpened(), f"this OpenCV cannot write {fourcc} to {path.suffix}"
     try:
         for k in range(frames):

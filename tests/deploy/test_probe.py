@@ -12,13 +12,19 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from server.probe import (
-    ProbeError, check_grpc, check_http, check_tls, probe, server_command, target_of,
+    ProbeError,
+    check_grpc,
+    check_http,
+    check_tls,
+    probe,
+    server_command,
+    target_of,
 )
 from tests.support import ROOT, free_port, wait_serving
 
@@ -26,7 +32,9 @@ from tests.support import ROOT, free_port, wait_serving
 def start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "server", *args],
-        cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
         env={**os.environ, "DCF_LOG_LEVEL": "WARNING", **(env or {})},
     )
 
@@ -44,7 +52,10 @@ def stop(process: subprocess.Popen) -> None:
 def run_probe(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "server.probe", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=30,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 

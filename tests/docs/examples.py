@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from markdown_it import MarkdownIt
 
@@ -59,7 +59,7 @@ def commands_in(block: str) -> Iterator[tuple[int, str]]:
         start = index
         while lines[index].endswith("\\") and index + 1 < len(lines):
             index += 1
-        command = "\n".join(lines[start:index + 1])
+        command = "\n".join(lines[start : index + 1])
         index += 1
         stripped = command.strip()
         if stripped and not stripped.startswith("#"):
@@ -99,25 +99,54 @@ _ASSIGNMENTS = r"^(?:\w+=\S*\s+)*"
 SKIPS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(_ASSIGNMENTS + pattern), reason)
     for pattern, reason in [
-        (r"make run\b", "make run serves until stopped; the instance under test is the same "
-                        "python -m server, started on free ports"),
+        (
+            r"make run\b",
+            (
+                "make run serves until stopped; the instance under test is the same "
+                "python -m server, started on free ports"
+            ),
+        ),
         (r"make test\b", "make test runs the whole suite, this test included"),
-        (r"(make bench|python -m bench)\b", "a benchmark: minutes of load on a service of its "
-                                           "own, results written under bench/results/"),
-        (r"source\b", "changes only the calling shell; here every command runs with .venv/bin "
-                      "first on PATH instead"),
-        (r"python -m server(?!\.)\b", "starts a server that runs until stopped, on the "
-                                      "documented fixed ports; the instance under test is "
-                                      "python -m server on free ports"),
-        (r"docker\b", "needs a Docker daemon and builds or starts containers; tests/deploy "
-                      "checks the Dockerfile and compose file offline"),
-        (r"kubectl\b", "needs a Kubernetes cluster; tests/deploy validates the manifests "
-                       "offline"),
+        (
+            r"(make bench|python -m bench)\b",
+            (
+                "a benchmark: minutes of load on a service of its "
+                "own, results written under bench/results/"
+            ),
+        ),
+        (
+            r"source\b",
+            (
+                "changes only the calling shell; here every command runs with .venv/bin "
+                "first on PATH instead"
+            ),
+        ),
+        (
+            r"python -m server(?!\.)\b",
+            (
+                "starts a server that runs until stopped, on the "
+                "documented fixed ports; the instance under test is "
+                "python -m server on free ports"
+            ),
+        ),
+        (
+            r"docker\b",
+            (
+                "needs a Docker daemon and builds or starts containers; tests/deploy "
+                "checks the Dockerfile and compose file offline"
+            ),
+        ),
+        (r"kubectl\b", "needs a Kubernetes cluster; tests/deploy validates the manifests offline"),
         (r"open\b", "opens a web browser; tests/http/test_page.py drives the page in one"),
         (r"\$EDITOR\b", "opens an interactive editor"),
-        (r"python docker/registry\.py\b", "rewrites docker/functions.yaml and "
-                                          "docker/k8s/10-registry.yaml in the repository; "
-                                          "tests/deploy checks they are what it writes"),
+        (
+            r"python docker/registry\.py\b",
+            (
+                "rewrites docker/functions.yaml and "
+                "docker/k8s/10-registry.yaml in the repository; "
+                "tests/deploy checks they are what it writes"
+            ),
+        ),
         (r".*&$", "runs in the background until stopped"),
     ]
 ]

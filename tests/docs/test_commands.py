@@ -41,9 +41,9 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
@@ -186,7 +186,11 @@ def run_example(example: Example, served: Served, workdir: Path) -> subprocess.C
     else:
         argv = ["bash", "-o", "pipefail", "-c", text]
     return subprocess.run(
-        argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+        argv,
+        cwd=workdir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
         timeout=COMMAND_TIMEOUT,
     )
 
@@ -214,8 +218,9 @@ def assert_right_answer(function: str, params: dict[str, str], data: bytes, got:
         lines = [json.loads(line) for line in got.decode().splitlines()]
         frames, summary = lines[:-1], lines[-1]
         assert [frame["frame"] for frame in frames] == list(range(1, 11))
-        assert all("person" in [found["label"] for found in frame["detections"]]
-                   for frame in frames), frames
+        assert all(
+            "person" in [found["label"] for found in frame["detections"]] for frame in frames
+        ), frames
         assert summary == {"width": 320, "height": 240, "fps": 10.0, "frames_read": 10}
     else:
         raise AssertionError(f"no expectation for {function}'s answer: add one here")
@@ -263,9 +268,12 @@ def check_http_list(ran: Ran, match: re.Match[str]) -> None:
 
 def check_grpcurl_list(ran: Ran, match: re.Match[str]) -> None:
     services = ran.stdout.decode().split()
-    for service in ("dcf.v1.Gateway", "grpc.health.v1.Health",
-                    "grpc.reflection.v1alpha.ServerReflection",
-                    "inference.GRPCInferenceService"):
+    for service in (
+        "dcf.v1.Gateway",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "inference.GRPCInferenceService",
+    ):
         assert service in services, services
 
 
@@ -285,7 +293,7 @@ def check_grpcurl_invoke(ran: Ran, match: re.Match[str]) -> None:
 def check_metrics(ran: Ran, match: re.Match[str]) -> None:
     lines = ran.stdout.decode().splitlines()
     assert lines and all(match["pattern"] in line for line in lines), lines
-    assert any(line.startswith('dcf_requests_total{') for line in lines), lines
+    assert any(line.startswith("dcf_requests_total{") for line in lines), lines
 
 
 def check_triton_example(ran: Ran, match: re.Match[str]) -> None:
@@ -352,8 +360,7 @@ def test_every_check_still_applies():
     runnable = [example for example in EXAMPLES if skip_reason(example) is None]
     for language, pattern, check in CHECKS:
         assert any(
-            language == example.language and pattern.search(example.shape)
-            for example in runnable
+            language == example.language and pattern.search(example.shape) for example in runnable
         ), f"{check.__name__} matches no example any more: fix its pattern"
 
 
@@ -376,8 +383,9 @@ def test_a_continued_command_is_one_command(tmp_path: Path):
     assert [(example.line, example.language) for example in found] == [(5, "shell"), (8, "shell")]
     continued = found[0]
     assert continued.words == ["printf", "%s|", "one", "two", "three four"]
-    done = subprocess.run(["bash", "-o", "pipefail", "-c", continued.text],
-                          capture_output=True, timeout=30)
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", continued.text], capture_output=True, timeout=30
+    )
     assert done.returncode == 0 and done.stdout == b"one|two|three four|"
 
 
@@ -385,12 +393,22 @@ def test_commands_that_cannot_run_are_skipped_by_name():
     def shell(text: str) -> Example:
         return Example("README.md", 1, "shell", text)
 
-    for text in ("make run", "make test", "docker compose up -d", "kubectl apply -f k8s/",
-                 "open http://127.0.0.1:8080/", "source .venv/bin/activate",
-                 "python -m server worker ssd --port 50061"):
+    for text in (
+        "make run",
+        "make test",
+        "docker compose up -d",
+        "kubectl apply -f k8s/",
+        "open http://127.0.0.1:8080/",
+        "source .venv/bin/activate",
+        "python -m server worker ssd --port 50061",
+    ):
         assert skip_reason(shell(text)), text
-    for text in ("python -m client list", "python -m server.probe 127.0.0.1:50051",
-                 "curl -s http://127.0.0.1:8080/v1/functions", "opener x"):
+    for text in (
+        "python -m client list",
+        "python -m server.probe 127.0.0.1:50051",
+        "curl -s http://127.0.0.1:8080/v1/functions",
+        "opener x",
+    ):
         assert skip_reason(shell(text)) is None, text
 
 

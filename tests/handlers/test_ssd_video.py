@@ -8,8 +8,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import matplotlib
@@ -245,9 +246,16 @@ def test_text_formats_that_open_other_files_are_refused(fn, videos, spool):
 
 @pytest.mark.parametrize(
     "params",
-    [{"max_frames": "0"}, {"max_frames": "1001"}, {"stride": "0"}, {"stride": "x"},
-     {"threshold": "1.5"}, {"max_detections": "0"}, {"max_frames": "1000", "stride": "20"},
-     {"max_frames": "101", "stride": "10"}],
+    [
+        {"max_frames": "0"},
+        {"max_frames": "1001"},
+        {"stride": "0"},
+        {"stride": "x"},
+        {"threshold": "1.5"},
+        {"max_detections": "0"},
+        {"max_frames": "1000", "stride": "20"},
+        {"max_frames": "101", "stride": "10"},
+    ],
 )
 def test_bad_params_fail_before_reading_the_input(fn, params):
     def untouched() -> Iterator[bytes]:
@@ -303,7 +311,8 @@ def test_frames_over_the_memory_bound_are_refused_before_decoding(fn, tmp_path):
     at_bound = make_video(tmp_path / "uhd.mp4", 1, size=(3840, 2160))
     *frames, summary = results(fn, at_bound)
     assert [f["frame"] for f in frames] == [1] and (summary["width"], summary["height"]) == (
-        3840, 2160,
+        3840,
+        2160,
     )
     over = make_video(tmp_path / "over.mp4", 1, size=(4000, 2208))
     with pytest.raises(InvalidInput) as err:
@@ -331,9 +340,11 @@ def test_the_upload_is_spooled_chunk_by_chunk_to_a_private_file(fn, videos, spoo
             seen.append((given, spooled.stat().st_size))
             assert oct(spooled.stat().st_mode & 0o777) == oct(0o600)
             assert spooled.name.startswith(f"ssd-video-{os.getpid()}-"), "named after its owner"
-            with open(spooled, "rb") as other:
-                with pytest.raises(BlockingIOError):  # and locked by it
-                    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with (
+                open(spooled, "rb") as other,
+                pytest.raises(BlockingIOError),  # and locked by it
+            ):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     reply = fn.handle(Request(Params({}), watched()))
     assert not seen, "nothing is read before the parts are asked for"
@@ -356,6 +367,7 @@ def test_the_spool_file_is_removed_when_the_caller_goes_away(fn, videos, spool):
 
     # Mid-results: the host closes the parts generator after the first frame.
     parts = call(fn, videos["mp4"]).parts
+    assert isinstance(parts, Generator), "the host closes the parts: they must be a generator"
     try:
         assert json.loads(next(parts))["frame"] == 1
         assert len(list(spool.iterdir())) == 1
@@ -422,10 +434,18 @@ def test_spool_dir_defaults_to_dcf_spool_dir(tmp_path, monkeypatch, videos):
 def test_module_import_is_light():
     # The gateway imports handler modules for their params; keep TensorFlow out.
     done = subprocess.run(
-        [sys.executable, "-c",
-         "import sys, handlers.ssd_video; assert 'tensorflow' not in sys.modules "
-         "and 'cv2' not in sys.modules"],
-        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, handlers.ssd_video; assert 'tensorflow' not in sys.modules "
+                "and 'cv2' not in sys.modules"
+            ),
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
 

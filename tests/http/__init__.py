@@ -20,16 +20,15 @@ import subprocess
 import sys
 import time
 import wave
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
-
-from bench.stream import PeakRss, rss_bytes  # noqa: F401 - shared with the benchmark
 
 import h11
 import matplotlib
 import numpy as np
 
+from bench.stream import PeakRss, rss_bytes  # noqa: F401 - shared with the benchmark
 from tests.support import ROOT, free_port, wait_listening, wait_serving
 
 GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
@@ -55,9 +54,10 @@ def video_file(path: Path, frames: int = 12, size: tuple[int, int] = (320, 240))
 
     width, height = size
     photo = cv2.imread(str(GRACE_HOPPER))
+    assert photo is not None, f"matplotlib sample photo missing: {GRACE_HOPPER}"
     scale = (height - 20) / photo.shape[0]
     photo = cv2.resize(photo, (int(photo.shape[1] * scale), height - 20))
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (width, height))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 10.0, (width, height))
     if not writer.isOpened():
         raise RuntimeError("OpenCV cannot write MP4 here")
     try:
@@ -75,8 +75,9 @@ class Duplex:
     """One POST over a plain socket: write the body piece by piece, read the answer as it
     arrives, in any order."""
 
-    def __init__(self, port: int, path: str, length: int, headers: dict | None = None,
-                 timeout: float = 60.0) -> None:
+    def __init__(
+        self, port: int, path: str, length: int, headers: dict | None = None, timeout: float = 60.0
+    ) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.conn = h11.Connection(h11.CLIENT)
         head = [("host", f"127.0.0.1:{port}"), ("content-length", str(length))]
@@ -116,12 +117,11 @@ class Duplex:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "Duplex":
+    def __enter__(self) -> Duplex:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
 
 
 # ---------------------------------------------------------------- a worker held still
@@ -188,31 +188,39 @@ class SmallService:
 HELLO = {"handler": "handlers.hello"}
 
 
-def small_service(tmp: Path, functions: dict | None = None, env: dict | None = None,
-                  open_files: int | None = None) -> SmallService:
+def small_service(
+    tmp: Path, functions: dict | None = None, env: dict | None = None, open_files: int | None = None
+) -> SmallService:
     """Start ``python -m server`` serving ``functions`` (default: hello-dcf alone) with
     ``env`` added to its environment and, if given, its open-file limit lowered to
     ``open_files`` (by the shell's ``ulimit``, as an operator's unit file would)."""
     ports = {"port": free_port(), "metrics_port": free_port(), "http_port": free_port()}
-    registry = {name: {**entry, "workers": [f"127.0.0.1:{free_port()}"]}
-                for name, entry in (functions or {"hello-dcf": HELLO}).items()}
+    registry = {
+        name: {**entry, "workers": [f"127.0.0.1:{free_port()}"]}
+        for name, entry in (functions or {"hello-dcf": HELLO}).items()
+    }
     config = tmp / "registry.yaml"
     config.write_text(json.dumps({"server": ports, "functions": registry}))
     command = [sys.executable, "-m", "server", "--config", str(config)]
     if open_files is not None:
         command = ["sh", "-c", f'ulimit -n {open_files} && exec "$0" "$@"', *command]
     log = tmp / "server.log"
-    process = subprocess.Popen(command, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                               env={**os.environ, **(env or {})})
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
     service = SmallService(process, log, ports["port"], ports["http_port"], ports["metrics_port"])
     try:
         wait_serving(service.address)
         for name in registry:
             wait_serving(service.address, name)
         wait_listening(service.http_port)
-    except BaseException:
+    except BaseException as exc:
         service.stop()
-        raise RuntimeError(f"server did not start:\n{log.read_text()[-4000:]}")
+        raise RuntimeError(f"server did not start:\n{log.read_text()[-4000:]}") from exc
     return service
 
 

@@ -14,8 +14,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import h11
@@ -26,8 +26,17 @@ from PIL import Image
 from server.config import parse_size
 from server.http_api import http_status
 from tests.http import (
-    GRACE_HOPPER, HELLO, MiB, Duplex, PeakRss, paused, small_service, video_file, wait_for,
-    wav_bytes, worker_pid,
+    GRACE_HOPPER,
+    HELLO,
+    Duplex,
+    MiB,
+    PeakRss,
+    paused,
+    small_service,
+    video_file,
+    wait_for,
+    wav_bytes,
+    worker_pid,
 )
 from tests.support import ROOT, Service, free_port, metric, wait_listening, wait_serving
 
@@ -89,16 +98,18 @@ def test_empty_body_is_an_empty_answer(api):
 
 
 def test_send_wav_answers_a_png_with_params(api):
-    reply = api.post("/v1/functions/stft", params={"width": "400", "height": "200"},
-                     content=wav_bytes())
+    reply = api.post(
+        "/v1/functions/stft", params={"width": "400", "height": "200"}, content=wav_bytes()
+    )
     assert reply.status_code == 200, reply.text
     assert reply.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(reply.content)).size == (400, 200)
 
 
 def test_ssd_finds_grace_hopper(api):
-    reply = api.post("/v1/functions/ssd", params={"threshold": "0.4"},
-                     content=GRACE_HOPPER.read_bytes())
+    reply = api.post(
+        "/v1/functions/ssd", params={"threshold": "0.4"}, content=GRACE_HOPPER.read_bytes()
+    )
     assert reply.status_code == 200, reply.text
     assert reply.headers["content-type"] == "application/json"
     answer = reply.json()
@@ -109,8 +120,9 @@ def test_ssd_finds_grace_hopper(api):
 
 
 def test_ssd_annotated_is_a_png(api):
-    reply = api.post("/v1/functions/ssd", params={"annotate": "true"},
-                     content=GRACE_HOPPER.read_bytes())
+    reply = api.post(
+        "/v1/functions/ssd", params={"annotate": "true"}, content=GRACE_HOPPER.read_bytes()
+    )
     assert reply.status_code == 200 and reply.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(reply.content)).size == (512, 600)
 
@@ -152,8 +164,12 @@ def test_ssd_video_error_after_the_first_lines_is_a_last_line(api, dcf, tmp_path
     frames = 40
     clip = video_file(tmp_path / "long.mp4", frames=frames, size=(160, 120)).read_bytes()
     worker = worker_pid(dcf.log, "ssd-video")
-    with Duplex(dcf.http_port, f"/v1/functions/ssd-video?max_frames={frames}", len(clip),
-                {"x-dcf-timeout": "10"}) as call:
+    with Duplex(
+        dcf.http_port,
+        f"/v1/functions/ssd-video?max_frames={frames}",
+        len(clip),
+        {"x-dcf-timeout": "10"},
+    ) as call:
         call.send(clip)
         assert call.response().status_code == 200
         first = call.event()
@@ -178,7 +194,7 @@ def test_a_body_failing_after_it_began_is_cut_off(dcf):
         received = len(call.event().data)
         # The connection ends without the answer's last chunk (h11 says so, or the
         # socket is reset with the rest of the body still unread by the server).
-        with pytest.raises((h11.RemoteProtocolError, ConnectionError)):
+        with pytest.raises((h11.RemoteProtocolError, ConnectionError)):  # noqa: PT012 - any step
             call.send(b"e" * (total - (512 << 10)))
             while not isinstance(event := call.event(), h11.EndOfMessage):
                 received += len(event.data)
@@ -243,8 +259,13 @@ def test_status_mapping_table():
     assert http_status(code.NOT_FOUND, "") == 404
     assert http_status(code.RESOURCE_EXHAUSTED, "ssd: input exceeds the limit of 5 bytes") == 413
     assert http_status(code.RESOURCE_EXHAUSTED, "ssd: too many calls in flight (at most 8)") == 429
-    assert http_status(code.RESOURCE_EXHAUSTED,
-                       "ssd: queue is full (4 calls running, 16 waiting); try again later") == 429
+    assert (
+        http_status(
+            code.RESOURCE_EXHAUSTED,
+            "ssd: queue is full (4 calls running, 16 waiting); try again later",
+        )
+        == 429
+    )
     assert http_status(code.RESOURCE_EXHAUSTED, "send-wav: width x height is over 4 Mpx") == 413
     assert http_status(code.UNAVAILABLE, "") == 503
     assert http_status(code.DEADLINE_EXCEEDED, "") == 504
@@ -258,25 +279,45 @@ def test_unknown_function_is_404(api):
 
 
 def test_bad_param_is_400_naming_it(api):
-    assert_error(api.post("/v1/functions/ssd?threshold=lots", content=GRACE_HOPPER.read_bytes()),
-                 400, "INVALID_ARGUMENT", "threshold", "lots")
-    assert_error(api.post("/v1/functions/hello-dcf?colour=red", content=b"x"),
-                 400, "INVALID_ARGUMENT", "colour")
-    assert_error(api.post("/v1/functions/ssd?threshold=0.1&threshold=0.2", content=b"x"),
-                 400, "INVALID_ARGUMENT", "threshold")
+    assert_error(
+        api.post("/v1/functions/ssd?threshold=lots", content=GRACE_HOPPER.read_bytes()),
+        400,
+        "INVALID_ARGUMENT",
+        "threshold",
+        "lots",
+    )
+    assert_error(
+        api.post("/v1/functions/hello-dcf?colour=red", content=b"x"),
+        400,
+        "INVALID_ARGUMENT",
+        "colour",
+    )
+    assert_error(
+        api.post("/v1/functions/ssd?threshold=0.1&threshold=0.2", content=b"x"),
+        400,
+        "INVALID_ARGUMENT",
+        "threshold",
+    )
     soon = {"x-dcf-timeout": "soon"}
-    assert_error(api.post("/v1/functions/hello-dcf", content=b"x", headers=soon),
-                 400, "INVALID_ARGUMENT", "X-Dcf-Timeout")
+    assert_error(
+        api.post("/v1/functions/hello-dcf", content=b"x", headers=soon),
+        400,
+        "INVALID_ARGUMENT",
+        "X-Dcf-Timeout",
+    )
 
 
 def test_bad_input_is_400(api):
-    assert_error(api.post("/v1/functions/ssd", content=b"not an image at all"),
-                 400, "INVALID_ARGUMENT")
-    assert_error(api.post("/v1/functions/send-wav", content=b"RIFF....WAVE"),
-                 400, "INVALID_ARGUMENT")
+    assert_error(
+        api.post("/v1/functions/ssd", content=b"not an image at all"), 400, "INVALID_ARGUMENT"
+    )
+    assert_error(
+        api.post("/v1/functions/send-wav", content=b"RIFF....WAVE"), 400, "INVALID_ARGUMENT"
+    )
     if "ssd-video" in functions(api):  # refused before its first line: a real status
-        assert_error(api.post("/v1/functions/ssd-video", content=b"not a video"),
-                     400, "INVALID_ARGUMENT")
+        assert_error(
+            api.post("/v1/functions/ssd-video", content=b"not a video"), 400, "INVALID_ARGUMENT"
+        )
 
 
 def test_other_methods_are_405(api):
@@ -326,8 +367,10 @@ def test_a_full_queue_is_429_with_retry_after(tmp_path):
 
         def placed() -> bool:
             text = service.metrics_text()
-            return (metric(text, "dcf_calls_in_flight", function="hello-one") == 1
-                    and metric(text, "dcf_queue_depth", function="hello-one") == 1)
+            return (
+                metric(text, "dcf_calls_in_flight", function="hello-one") == 1
+                and metric(text, "dcf_queue_depth", function="hello-one") == 1
+            )
 
         wait_for(placed, "one held call running and one waiting")
         with httpx.Client(base_url=service.http_url, timeout=30) as client:
@@ -337,8 +380,9 @@ def test_a_full_queue_is_429_with_retry_after(tmp_path):
             for call in held:
                 call.close()
             deadline = time.monotonic() + 10
-            while (reply := client.post("/v1/functions/hello-one", content=b"x")
-                   ).status_code == 429:
+            while (
+                reply := client.post("/v1/functions/hello-one", content=b"x")
+            ).status_code == 429:
                 assert time.monotonic() < deadline, "slots still taken after the callers left"
                 time.sleep(0.1)
             assert reply.status_code == 200 and reply.content == b"x", reply.text
@@ -367,10 +411,13 @@ def test_disconnect_cancels_the_call(dcf, api):
     the worker may then finish the echo of what arrived (OK), and, rarer, the gateway
     may end with that OK before the cancellation reaches it. Either way, one call ended.
     """
+
     def ended() -> dict[str, float]:
         text = dcf.metrics_text()
-        return {code: metric(text, "dcf_requests_total", function="hello-dcf", code=code)
-                for code in ("CANCELLED", "OK")}
+        return {
+            code: metric(text, "dcf_requests_total", function="hello-dcf", code=code)
+            for code in ("CANCELLED", "OK")
+        }
 
     before = ended()
     request_id = f"leaver-{uuid.uuid4().hex[:8]}"
@@ -387,8 +434,9 @@ def test_disconnect_cancels_the_call(dcf, api):
         assert time.monotonic() < deadline, "the call is still in flight after its client left"
         time.sleep(0.05)
     after = ended()
-    gateway = re.search(rf"server\.gateway\[\d+\]: call {request_id} hello-dcf (\w+)",
-                        dcf.log.read_text())
+    gateway = re.search(
+        rf"server\.gateway\[\d+\]: call {request_id} hello-dcf (\w+)", dcf.log.read_text()
+    )
     assert gateway is not None and gateway[1] in ("CANCELLED", "OK"), gateway
     assert after[gateway[1]] == before[gateway[1]] + 1, (before, after)
     while not (worker := re.search(rf"call {request_id} hello-dcf (\w+)", worker_lines(dcf))):
@@ -409,8 +457,11 @@ def worker_lines(dcf: Service) -> str:
 
 def spawn(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "server", *args], cwd=ROOT, stdout=log.open("wb"),
-        stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        [sys.executable, "-m", "server", *args],
+        cwd=ROOT,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -425,8 +476,10 @@ def stop(process: subprocess.Popen) -> int:
 
 def test_http_role_without_its_gateway_is_503(tmp_path):
     port = free_port()
-    front = spawn(["http", "--port", str(port), "--gateway", f"127.0.0.1:{free_port()}"],
-                  tmp_path / "http.log")
+    front = spawn(
+        ["http", "--port", str(port), "--gateway", f"127.0.0.1:{free_port()}"],
+        tmp_path / "http.log",
+    )
     try:
         wait_listening(port)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
@@ -441,26 +494,43 @@ def test_http_role_passes_the_bearer_token(dcf, tmp_path):
     """A gateway with tokens (serving the session's workers) behind the ``http`` role:
     the Authorization header reaches it as the call's token."""
     gateway_port, http_port = free_port(), free_port()
-    gateway = spawn(["gateway", "--config", str(dcf.config), "--port", str(gateway_port),
-                     "--metrics-port", str(free_port())], tmp_path / "gateway.log",
-                    {"DCF_TOKENS": "open-sesame"})
-    front = spawn(["http", "--port", str(http_port), "--gateway", f"127.0.0.1:{gateway_port}"],
-                  tmp_path / "http.log")
+    gateway = spawn(
+        [
+            "gateway",
+            "--config",
+            str(dcf.config),
+            "--port",
+            str(gateway_port),
+            "--metrics-port",
+            str(free_port()),
+        ],
+        tmp_path / "gateway.log",
+        {"DCF_TOKENS": "open-sesame"},
+    )
+    front = spawn(
+        ["http", "--port", str(http_port), "--gateway", f"127.0.0.1:{gateway_port}"],
+        tmp_path / "http.log",
+    )
     try:
         wait_listening(gateway_port)
         wait_listening(http_port)
         with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=30) as client:
             assert_error(client.get("/v1/functions"), 401, "UNAUTHENTICATED")
-            assert_error(client.post("/v1/functions/hello-dcf", content=b"x"),
-                         401, "UNAUTHENTICATED")
+            assert_error(
+                client.post("/v1/functions/hello-dcf", content=b"x"), 401, "UNAUTHENTICATED"
+            )
             wrong = {"authorization": "Bearer guess"}
-            assert_error(client.post("/v1/functions/hello-dcf", content=b"x", headers=wrong),
-                         403, "PERMISSION_DENIED")
+            assert_error(
+                client.post("/v1/functions/hello-dcf", content=b"x", headers=wrong),
+                403,
+                "PERMISSION_DENIED",
+            )
             right = {"authorization": "Bearer open-sesame"}
             assert client.get("/v1/functions", headers=right).status_code == 200
             deadline = time.monotonic() + 20
-            while (reply := client.post("/v1/functions/hello-dcf", content=b"hi", headers=right)
-                   ).status_code == 503 and time.monotonic() < deadline:
+            while (
+                reply := client.post("/v1/functions/hello-dcf", content=b"hi", headers=right)
+            ).status_code == 503 and time.monotonic() < deadline:
                 time.sleep(0.1)  # the new gateway is still connecting to the worker
             assert reply.status_code == 200 and reply.content == b"hi", reply.text
     finally:
@@ -472,11 +542,19 @@ def hello_only(tmp: Path) -> tuple[Path, dict]:
     """A registry with hello-dcf alone (quick to start), on free ports."""
     server = {"port": free_port(), "metrics_port": free_port(), "http_port": free_port()}
     config = tmp / "hello.yaml"
-    config.write_text(json.dumps({
-        "server": server,
-        "functions": {"hello-dcf": {"handler": "handlers.hello",
-                                    "workers": [f"127.0.0.1:{free_port()}"]}},
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "server": server,
+                "functions": {
+                    "hello-dcf": {
+                        "handler": "handlers.hello",
+                        "workers": [f"127.0.0.1:{free_port()}"],
+                    }
+                },
+            }
+        )
+    )
     return config, server
 
 
@@ -506,46 +584,63 @@ def self_signed(tmp: Path) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return cert_path, key_path
 
 
 def test_tls_on_the_http_port(tmp_path):
     """DCF_TLS_CERT/KEY: the embedded default speaks HTTPS on its HTTP port (and its
     front reaches the TLS gateway over TLS too)."""
-    pytest.importorskip("cryptography", reason="the TLS test makes its certificate with "
-                        "the cryptography package, which is not installed")
+    pytest.importorskip(
+        "cryptography",
+        reason="the TLS test makes its certificate with "
+        "the cryptography package, which is not installed",
+    )
     cert, key = self_signed(tmp_path)
     config, ports = hello_only(tmp_path)
     http_port = ports["http_port"]
-    server = spawn(["--config", str(config)], tmp_path / "server.log",
-                   {"DCF_TLS_CERT": str(cert), "DCF_TLS_KEY": str(key)})
+    server = spawn(
+        ["--config", str(config)],
+        tmp_path / "server.log",
+        {"DCF_TLS_CERT": str(cert), "DCF_TLS_KEY": str(key)},
+    )
     try:
         wait_listening(http_port)
         trust = ssl.create_default_context(cafile=str(cert))
-        with httpx.Client(base_url=f"https://127.0.0.1:{http_port}", verify=trust,
-                          timeout=30) as client:
+        with httpx.Client(
+            base_url=f"https://127.0.0.1:{http_port}", verify=trust, timeout=30
+        ) as client:
             assert client.get("/v1/functions").json()[0]["name"] == "hello-dcf"
             deadline = time.monotonic() + 30
-            while (reply := client.post("/v1/functions/hello-dcf", content=b"secret")
-                   ).status_code == 503 and time.monotonic() < deadline:
+            while (
+                reply := client.post("/v1/functions/hello-dcf", content=b"secret")
+            ).status_code == 503 and time.monotonic() < deadline:
                 time.sleep(0.1)  # the worker is still starting
             assert reply.status_code == 200 and reply.content == b"secret", reply.text
         with pytest.raises(httpx.HTTPError):

@@ -7,8 +7,8 @@ Each test saves a screenshot under tests/screenshots/.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -17,8 +17,14 @@ from tests.support import ROOT, Service
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 SHOTS = ROOT / "tests" / "screenshots"
 TIMEOUT_MS = 30_000
@@ -52,11 +58,17 @@ class Page:
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
         # Errors the page made; a refused call's status is logged by the browser too,
         # and that is expected in the error tests.
-        page.on("console", lambda msg: msg.type == "error"
-                and not msg.text.startswith("Failed to load resource")
-                and self.errors.append(msg.text))
-        page.on("request", lambda req: "/v1/functions/" in req.url and self.calls.append(req.url))
+        page.on("console", self._console)
+        page.on("request", self._request)
         page.set_default_timeout(TIMEOUT_MS)
+
+    def _console(self, message) -> None:
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            self.errors.append(message.text)
+
+    def _request(self, request) -> None:
+        if "/v1/functions/" in request.url:
+            self.calls.append(request.url)
 
     def open(self, function: str | None = None) -> None:
         self.page.goto(self.base + "/" + (f"?function={function}" if function else ""))
@@ -173,8 +185,12 @@ def test_ssd_video_rows_appear_one_by_one(site, dcf, tmp_path):
     site.page.wait_for_selector("#output[data-state=done]")
     rows = site.page.locator("#frames tbody tr")
     assert rows.count() == 24
-    arrivals = [int(t) for t in site.page.eval_on_selector_all(
-        "#frames tbody tr", "rows => rows.map(r => r.dataset.at)")]
+    arrivals = [
+        int(t)
+        for t in site.page.eval_on_selector_all(
+            "#frames tbody tr", "rows => rows.map(r => r.dataset.at)"
+        )
+    ]
     assert arrivals == sorted(arrivals), arrivals
     assert site.page.locator("#chart .bar").count() == 24
     assert "person" in site.page.inner_text("#frames")

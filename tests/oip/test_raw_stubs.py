@@ -220,10 +220,16 @@ def test_health_and_reflection_cover_the_service(dcf):
         reply = health.Check(health_pb2.HealthCheckRequest(service=SERVICE))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
-        answers = list(reflection.ServerReflectionInfo(iter([
-            reflection_pb2.ServerReflectionRequest(list_services=""),
-            reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE),
-        ])))
+        answers = list(
+            reflection.ServerReflectionInfo(
+                iter(
+                    [
+                        reflection_pb2.ServerReflectionRequest(list_services=""),
+                        reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE),
+                    ]
+                )
+            )
+        )
         names = [s.name for s in answers[0].list_services_response.service]
         assert SERVICE in names and "dcf.v1.Gateway" in names
         assert answers[1].file_descriptor_response.file_descriptor_proto
@@ -248,11 +254,15 @@ def test_refusals_before_the_gateway_call_are_accounted_as_calls(dcf, oip):
     fp32.inputs[0].datatype = "FP32"
     cases = [
         (fp32, "oip-refused-tensor", "ssd", grpc.StatusCode.INVALID_ARGUMENT),
-        (typed_request("no-such-model", b"a"), "oip-refused-model", "unknown",
-         grpc.StatusCode.NOT_FOUND),
+        (
+            typed_request("no-such-model", b"a"),
+            "oip-refused-model",
+            "unknown",
+            grpc.StatusCode.NOT_FOUND,
+        ),
     ]
     for request, request_id, label, code in cases:
-        counted = dict(function=label, code=code.name)
+        counted = {"function": label, "code": code.name}
         before = metric(dcf.metrics_text(), "dcf_requests_total", **counted)
         with pytest.raises(grpc.RpcError) as err:
             oip.ModelInfer(request, timeout=60, metadata=(("x-request-id", request_id),))

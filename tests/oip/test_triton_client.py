@@ -14,7 +14,6 @@ import json
 import cv2
 import grpc
 import pytest
-
 from PIL import Image
 
 from protos.dcf.v1 import dcf_pb2
@@ -42,8 +41,12 @@ def output(result: dict) -> bytes:
 def test_server_live_ready_and_metadata(dcf):
     live, ready, metadata, hello = triton(
         dcf.address,
-        [{"op": "live"}, {"op": "server_ready"}, {"op": "server_metadata"},
-         {"op": "model_ready", "model": "hello-dcf"}],
+        [
+            {"op": "live"},
+            {"op": "server_ready"},
+            {"op": "server_metadata"},
+            {"op": "model_ready", "model": "hello-dcf"},
+        ],
     )
     assert value(live) is True
     assert value(ready) is True
@@ -97,8 +100,12 @@ def test_ssd_params_of_every_type(dcf, stub, photo):
     one, annotated, strict = triton(
         dcf.address,
         [
-            {"op": "infer", "model": "ssd", "data": b64(photo),
-             "params": {"max_detections": 1, "threshold": 0.1}},
+            {
+                "op": "infer",
+                "model": "ssd",
+                "data": b64(photo),
+                "params": {"max_detections": 1, "threshold": 0.1},
+            },
             {"op": "infer", "model": "ssd", "data": b64(photo), "params": {"annotate": True}},
             {"op": "infer", "model": "ssd", "data": b64(photo), "params": {"threshold": 1.0}},
         ],
@@ -118,8 +125,14 @@ def test_send_wav_answers_a_png_equal_to_invoke(dcf, stub):
     audio = make_wav()
     (result,) = triton(
         dcf.address,
-        [{"op": "infer", "model": "send-wav", "data": b64(audio),
-          "params": {"width": 400, "height": 200, "colorbar": False, "scale": "log"}}],
+        [
+            {
+                "op": "infer",
+                "model": "send-wav",
+                "data": b64(audio),
+                "params": {"width": 400, "height": 200, "colorbar": False, "scale": "log"},
+            }
+        ],
     )
     png = output(result)
     assert value(result)["content_type"] == "image/png"
@@ -187,15 +200,21 @@ def test_our_proto_matches_tritonclients_on_the_wire(dcf):
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert service.full_name == "inference.GRPCInferenceService"
     assert [m.name for m in service.methods] == [
-        "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
+        "ServerLive",
+        "ServerReady",
+        "ModelReady",
+        "ServerMetadata",
+        "ModelMetadata",
+        "ModelInfer",
     ]
 
 
 def test_partial_results_answer_the_whole_document_as_invoke(dcf, stub, tmp_path):
     """ssd-video's per-frame results come back as Invoke's one collected document."""
     frame = cv2.imread(str(PHOTO))
+    assert frame is not None, f"matplotlib sample photo missing: {PHOTO}"
     path = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, frame.shape[1::-1])
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10, frame.shape[1::-1])
     for _ in range(3):
         writer.write(frame)
     writer.release()

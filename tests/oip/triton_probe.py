@@ -33,7 +33,9 @@ import numpy as np
 import tritonclient.grpc as triton
 from google.protobuf import json_format
 from tritonclient.utils import InferenceServerException
-from wire import field_shapes  # beside this script; imports no generated code
+
+# Beside this script, found as it runs from its folder; imports no generated code.
+from wire import field_shapes  # type: ignore[import-not-found]
 
 
 def infer(client: triton.InferenceServerClient, step: dict) -> dict:

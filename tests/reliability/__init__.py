@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -38,8 +38,11 @@ class Outcome:
 
 
 def invoke(
-    stub: dcf_pb2_grpc.GatewayStub, function: str, data: bytes,
-    params: Mapping[str, str] | None = None, timeout: float = 60.0,
+    stub: dcf_pb2_grpc.GatewayStub,
+    function: str,
+    data: bytes,
+    params: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
 ) -> Outcome:
     started = time.monotonic()
     request = dcf_pb2.InvokeRequest(function=function, input=data, params=dict(params or {}))
@@ -50,8 +53,12 @@ def invoke(
     return Outcome("OK", "", reply.content_type, reply.output, seconds=time.monotonic() - started)
 
 
-def requests(function: str, chunks: Iterable[bytes], params: Mapping[str, str] | None = None,
-             collect: bool = False):
+def requests(
+    function: str,
+    chunks: Iterable[bytes],
+    params: Mapping[str, str] | None = None,
+    collect: bool = False,
+):
     header = dcf_pb2.CallHeader(function=function, collect=collect)
     header.params.update(dict(params or {}))
     yield dcf_pb2.CallRequest(header=header)
@@ -60,12 +67,16 @@ def requests(function: str, chunks: Iterable[bytes], params: Mapping[str, str] |
 
 
 def pieces(data: bytes, size: int) -> list[bytes]:
-    return [data[i:i + size] for i in range(0, len(data), size)]
+    return [data[i : i + size] for i in range(0, len(data), size)]
 
 
 def call(
-    stub: dcf_pb2_grpc.GatewayStub, function: str, chunks: Iterable[bytes],
-    params: Mapping[str, str] | None = None, timeout: float = 60.0, collect: bool = False,
+    stub: dcf_pb2_grpc.GatewayStub,
+    function: str,
+    chunks: Iterable[bytes],
+    params: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+    collect: bool = False,
     stream=None,
 ) -> Outcome:
     """One Call; a ``failure`` record, if one comes, is the outcome (and must match the status)."""

@@ -48,8 +48,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -57,7 +57,13 @@ from protos.dcf.v1 import dcf_pb2
 from server.worker import DEFAULT_CONCURRENCY
 from tests import media
 from tests.reliability import (
-    GRPC_POOL_IDLE_LIMIT, MB, invoke, log_since, pieces, rss, thread_count,
+    GRPC_POOL_IDLE_LIMIT,
+    MB,
+    invoke,
+    log_since,
+    pieces,
+    rss,
+    thread_count,
     worker_pids,
 )
 from tests.support import ROOT, Service, metric, start_service
@@ -88,8 +94,9 @@ def spooled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service,
 class Upload:
     """A request stream: the header, some chunks, then it holds the call open until released."""
 
-    def __init__(self, function: str, chunks: list[bytes], params: dict | None = None,
-                 hold: bool = True) -> None:
+    def __init__(
+        self, function: str, chunks: list[bytes], params: dict | None = None, hold: bool = True
+    ) -> None:
         self.function, self.chunks, self.params, self.hold = function, chunks, params or {}, hold
         self.all_sent = threading.Event()
         self.release = threading.Event()
@@ -131,7 +138,8 @@ class Scenarios:
         # Calls each function's worker takes at once (its handler threads).
         self.concurrency = {
             name: int(service.document["functions"][name].get("max_concurrency") or 0)
-            or DEFAULT_CONCURRENCY for name in FUNCTIONS
+            or DEFAULT_CONCURRENCY
+            for name in FUNCTIONS
         }
 
     def run(self, stub, name: str, rid: str) -> None:
@@ -181,8 +189,9 @@ class Scenarios:
 
     def video_results(self, stub, rid: str) -> None:
         self.upload_spooling.wait(TIMEOUT)
-        upload = Upload("ssd-video", pieces(self.long_clip, 65536), {"max_frames": "60"},
-                        hold=False)
+        upload = Upload(
+            "ssd-video", pieces(self.long_clip, 65536), {"max_frames": "60"}, hold=False
+        )
         responses = self._start(stub, upload, rid)
         assert next(responses).WhichOneof("kind") == "header"
         assert next(responses).WhichOneof("kind") == "result"  # frame 1 done, more in flight
@@ -215,13 +224,20 @@ class Scenarios:
                 upload = Upload(function, inputs[function])
                 held.append((rid, function, upload, self._start(stub, upload, rid)))
         try:
-            for rid, function, _, responses in held:
+            for _rid, function, _, responses in held:
                 if function == "hello-dcf":
                     next(responses), next(responses)  # its header, then its echo
             for function in ("ssd", "send-wav", "ssd-video"):
-                wait_for(lambda: metric(self.service.metrics_text(), "dcf_calls_in_flight",
-                                        function=function) == self.concurrency[function],
-                         TIMEOUT, f"the gateway to take every {function} call of the burst")
+
+                def all_taken(function: str = function) -> bool:
+                    in_flight = metric(
+                        self.service.metrics_text(), "dcf_calls_in_flight", function=function
+                    )
+                    return in_flight == self.concurrency[function]
+
+                wait_for(
+                    all_taken, TIMEOUT, f"the gateway to take every {function} call of the burst"
+                )
             time.sleep(0.3)
         finally:
             for _, _, upload, responses in held:
@@ -232,7 +248,8 @@ class Scenarios:
         """Wait until the gateway counts the call in flight (the only one of ``function``)."""
         wait_for(
             lambda: metric(self.service.metrics_text(), "dcf_calls_in_flight", function=function),
-            TIMEOUT, f"the gateway to take the {function} call",
+            TIMEOUT,
+            f"the gateway to take the {function} call",
         )
 
     def _files(self) -> list[Path]:
@@ -299,13 +316,18 @@ threading.Event().wait()
 """
 
 
-def assert_ended_well(rids: dict[str, str], worker: dict[str, str], gateway: dict[str, str]) -> None:
+def assert_ended_well(
+    rids: dict[str, str], worker: dict[str, str], gateway: dict[str, str]
+) -> None:
     """Every abandoned call ended CANCELLED, or as the race allows (CUT_INPUT_OUTCOMES)."""
-    wrong = {rid: worker[rid] for rid in rids if not worker_outcome_ok(rid, worker[rid])}
-    assert not wrong, f"abandoned calls that ended otherwise in their worker: {wrong}"
-    wrong = {rid: (gateway[rid], worker[rid]) for rid in rids
-             if not gateway_outcome_ok(rid, gateway[rid], worker[rid])}
-    assert not wrong, f"abandoned calls that ended otherwise at the gateway: {wrong}"
+    in_worker = {rid: worker[rid] for rid in rids if not worker_outcome_ok(rid, worker[rid])}
+    assert not in_worker, f"abandoned calls that ended otherwise in their worker: {in_worker}"
+    at_gateway = {
+        rid: (gateway[rid], worker[rid])
+        for rid in rids
+        if not gateway_outcome_ok(rid, gateway[rid], worker[rid])
+    }
+    assert not at_gateway, f"abandoned calls that ended otherwise at the gateway: {at_gateway}"
 
 
 def snapshot(pids: dict[str, int]) -> dict[str, tuple[int, tuple[int, int]]]:
@@ -315,6 +337,7 @@ def snapshot(pids: dict[str, int]) -> dict[str, tuple[int, tuple[int, int]]]:
 
 def quiet(service: Service, spool: Path) -> None:
     """Wait until nothing is in flight at the gateway and the spool directory is empty."""
+
     def idle() -> bool:
         text = service.metrics_text()
         return not any(metric(text, "dcf_calls_in_flight", function=f) for f in FUNCTIONS)
@@ -343,11 +366,14 @@ def test_abandoned_calls_leave_nothing_behind(spooled, tmp_path):
         """request id -> outcome, as the workers and as the gateway logged them."""
         log = log_since(service, offset)
         pattern = r"server\.{}\[\d+\]: call (\S+) \S+ ([A-Z_]+) "
-        return (dict(re.findall(pattern.format("worker"), log)),
-                dict(re.findall(pattern.format("gateway"), log)))
+        return (
+            dict(re.findall(pattern.format("worker"), log)),
+            dict(re.findall(pattern.format("gateway"), log)),
+        )
 
     def ended() -> tuple[dict[str, str], dict[str, str]]:
         """Wait until every call so far has its worker's and its gateway's line."""
+
         def missing() -> list[str]:
             worker, gateway = ends()
             return [rid for rid in rids if rid not in worker or rid not in gateway]
@@ -356,8 +382,11 @@ def test_abandoned_calls_leave_nothing_behind(spooled, tmp_path):
             wait_for(lambda: not missing(), SETTLE, "the log lines of the abandoned calls")
         except AssertionError:
             lost = missing()
-            lines = [line for line in log_since(service, offset).splitlines()
-                     if any(rid in line for rid in lost)]
+            lines = [
+                line
+                for line in log_since(service, offset).splitlines()
+                if any(rid in line for rid in lost)
+            ]
             raise AssertionError(f"no worker or gateway line for {lost}: {lines}") from None
         return ends()
 
@@ -394,13 +423,19 @@ def test_abandoned_calls_leave_nothing_behind(spooled, tmp_path):
         clip.write_bytes(scenarios.clip)
         child = subprocess.Popen(
             [sys.executable, "-c", KILLED_CLIENT, service.address, str(clip)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         try:
             line = child.stdout.readline()
             assert line.strip() == "uploading", line + child.stdout.read()
-            wait_for(lambda: metric(service.metrics_text(), "dcf_calls_in_flight",
-                                    function="ssd-video"), TIMEOUT, "the killed client's upload")
+            wait_for(
+                lambda: metric(service.metrics_text(), "dcf_calls_in_flight", function="ssd-video"),
+                TIMEOUT,
+                "the killed client's upload",
+            )
         finally:
             child.send_signal(signal.SIGKILL)
             child.wait(30)
@@ -412,14 +447,16 @@ def test_abandoned_calls_leave_nothing_behind(spooled, tmp_path):
         # (c) every abandoned call ended at the gateway as CANCELLED, and in its worker.
         worker, gateway = ended()
         assert_ended_well(rids, worker, gateway)
+
         # (d) memory: the median RSS of the last cycles against that of the first after
         # the warm-up (a median, because a worker's RSS swings with its big transient
         # arrays, send-wav's by up to ~20 MB, whichever cycle it is read after).
         def median(samples: list[dict[str, int]], name: str) -> float:
             return statistics.median(sample[name] for sample in samples)
 
-        grown = {n: (median(memory[-RSS_WINDOW:], n) - median(memory[:RSS_WINDOW], n)) / MB
-                 for n in pids}
+        grown = {
+            n: (median(memory[-RSS_WINDOW:], n) - median(memory[:RSS_WINDOW], n)) / MB for n in pids
+        }
         assert all(g * MB < RSS_LIMIT for g in grown.values()), grown
 
         # Every handler thread can still be had, all at once.
@@ -428,7 +465,7 @@ def test_abandoned_calls_leave_nothing_behind(spooled, tmp_path):
         worker, gateway = ended()
         assert_ended_well(rids, worker, gateway)
         log = log_since(service, offset)
-        assert "Traceback" not in log, log[max(0, log.index("Traceback") - 1000):][:5000]
+        assert "Traceback" not in log, log[max(0, log.index("Traceback") - 1000) :][:5000]
 
         # (e) threads, against the end of the warm-up: ours and gRPC core's pool each
         # (the pool may have grown under the bursts; it gives extra threads back only
@@ -438,22 +475,31 @@ def test_abandoned_calls_leave_nothing_behind(spooled, tmp_path):
         def settled() -> bool:
             nonlocal end
             end = snapshot(pids)
-            return all(ours <= warm[n][1][0] and pooled <= warm[n][1][1]
-                       for n in pids for ours, pooled in [end[n][1]])
+            return all(
+                ours <= warm[n][1][0] and pooled <= warm[n][1][1]
+                for n in pids
+                for ours, pooled in [end[n][1]]
+            )
 
         try:
-            wait_for(settled, SETTLE + GRPC_POOL_IDLE_LIMIT,
-                     "threads to return to their count after warm-up")
+            wait_for(
+                settled,
+                SETTLE + GRPC_POOL_IDLE_LIMIT,
+                "threads to return to their count after warm-up",
+            )
         except AssertionError:
             raise AssertionError(f"threads after warm-up {warm} and at the end {end}") from None
         counts = ", ".join(f"{n} {warm[n][1]}->{end[n][1]}" for n in pids)
         raced = sorted(rid for rid in rids if worker[rid] != "CANCELLED")
         raced_to_caller = sorted(rid for rid in rids if gateway[rid] != "CANCELLED")
-        print(f"\ndisconnect: {len(rids)} abandoned calls, cycles took {cycles_seconds:.1f} s; "
-              "RSS growth MB " + ", ".join(f"{n} {g:+.1f}" for n, g in grown.items())
-              + f"; threads (ours, gRPC core's pool) {counts}; {len(raced)} ended in their "
-              f"worker on the cut input before the cancellation reached it: {raced}, "
-              f"{len(raced_to_caller)} of them at the gateway too: {raced_to_caller}")
+        print(
+            f"\ndisconnect: {len(rids)} abandoned calls, cycles took {cycles_seconds:.1f} s; "
+            "RSS growth MB "
+            + ", ".join(f"{n} {g:+.1f}" for n, g in grown.items())
+            + f"; threads (ours, gRPC core's pool) {counts}; {len(raced)} ended in their "
+            f"worker on the cut input before the cancellation reached it: {raced}, "
+            f"{len(raced_to_caller)} of them at the gateway too: {raced_to_caller}"
+        )
 
         # Every function still answers, and ssd-video still has both its interpreters.
         assert invoke(stub, "hello-dcf", b"after").body == b"after"
@@ -462,8 +508,14 @@ def test_abandoned_calls_leave_nothing_behind(spooled, tmp_path):
         picture = invoke(stub, "send-wav", media.chirp_wav(0.5), timeout=TIMEOUT)
         assert picture.body[:4] == b"\x89PNG", picture
         videos = []
-        pool = [threading.Thread(target=lambda: videos.append(
-            invoke(stub, "ssd-video", scenarios.clip, timeout=TIMEOUT))) for _ in range(4)]
+        pool = [
+            threading.Thread(
+                target=lambda: videos.append(
+                    invoke(stub, "ssd-video", scenarios.clip, timeout=TIMEOUT)
+                )
+            )
+            for _ in range(4)
+        ]
         for thread in pool:
             thread.start()
         for thread in pool:
@@ -486,8 +538,9 @@ def test_calls_cancelled_while_the_answer_streams_leave_no_gateway_memory(spoole
 
         def abandon(index: int) -> None:
             upload = Upload("hello-dcf", [b"m" * 65536] * 4)
-            responses = stub.Call(iter(upload), timeout=TIMEOUT,
-                                  metadata=(("x-request-id", f"streaming-{index}"),))
+            responses = stub.Call(
+                iter(upload), timeout=TIMEOUT, metadata=(("x-request-id", f"streaming-{index}"),)
+            )
             next(responses), next(responses)  # the header, then the first echoed chunk
             responses.cancel()
             upload.release.set()
@@ -502,6 +555,8 @@ def test_calls_cancelled_while_the_answer_streams_leave_no_gateway_memory(spoole
         time.sleep(0.5)
         grown = rss(service.process.pid) - before
     per_call = grown / STREAMING_CANCELS
-    print(f"\nstreaming cancels: gateway RSS {grown / MB:+.1f} MB over {STREAMING_CANCELS} calls "
-          f"({per_call / 1024:.1f} KiB per call)")
+    print(
+        f"\nstreaming cancels: gateway RSS {grown / MB:+.1f} MB over {STREAMING_CANCELS} calls "
+        f"({per_call / 1024:.1f} KiB per call)"
+    )
     assert per_call < LEAK_PER_CALL, f"the gateway keeps {per_call / 1024:.0f} KiB per call"

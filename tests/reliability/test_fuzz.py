@@ -24,9 +24,10 @@ import json
 import re
 import struct
 import zlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Iterator, Mapping
+from functools import cache
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,7 +38,15 @@ from PIL import Image
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from tests import media
 from tests.reliability import (
-    ACCEPTABLE, Outcome, call, health, invoke, log_since, log_size, pieces, worker_starts,
+    ACCEPTABLE,
+    Outcome,
+    call,
+    health,
+    invoke,
+    log_since,
+    log_size,
+    pieces,
+    worker_starts,
 )
 from tests.support import Service
 
@@ -50,14 +59,14 @@ BASE_PARAMS: dict[str, dict[str, str]] = {
     "send-wav": {"width": "256", "height": "128"},
     "ssd-video": {"max_frames": "2"},
 }
-FUZZ = dict(
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=(Phase.explicit, Phase.generate),
-    suppress_health_check=list(HealthCheck),
-    report_multiple_bugs=False,
-)
+FUZZ: dict[str, Any] = {
+    "deadline": None,
+    "derandomize": True,
+    "database": None,
+    "phases": (Phase.explicit, Phase.generate),
+    "suppress_health_check": list(HealthCheck),
+    "report_multiple_bugs": False,
+}
 MUTATIONS = {"hello-dcf": 30, "ssd": 80, "send-wav": 80, "ssd-video": 60}
 PARAM_CASES = {"hello-dcf": 15, "ssd": 40, "send-wav": 45, "ssd-video": 35}
 
@@ -71,7 +80,7 @@ def gateway(dcf: Service) -> Iterator[dcf_pb2_grpc.GatewayStub]:
 # -- real inputs to start from -----------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def seeds(function: str) -> dict[str, bytes]:
     small = (96, 112)
     if function == "hello-dcf":
@@ -106,8 +115,9 @@ def seeds(function: str) -> dict[str, bytes]:
 # -- what a correct OK answer looks like ---------------------------------------------------
 
 
-def output_problem(function: str, data: bytes, params: Mapping[str, str], outcome: Outcome,
-                   partial: bool) -> str | None:
+def output_problem(
+    function: str, data: bytes, params: Mapping[str, str], outcome: Outcome, partial: bool
+) -> str | None:
     """Why an OK answer is malformed, or None if it is a proper answer."""
     try:
         if function == "hello-dcf":
@@ -143,8 +153,15 @@ def output_problem(function: str, data: bytes, params: Mapping[str, str], outcom
     return None
 
 
-def send(stub: dcf_pb2_grpc.GatewayStub, function: str, data: bytes, params: Mapping[str, str],
-         via: str, chunk: int = 65536, collect: bool = False) -> tuple[Outcome, str | None]:
+def send(
+    stub: dcf_pb2_grpc.GatewayStub,
+    function: str,
+    data: bytes,
+    params: Mapping[str, str],
+    via: str,
+    chunk: int = 65536,
+    collect: bool = False,
+) -> tuple[Outcome, str | None]:
     """One fuzz case: its outcome, and what is wrong with it (None if nothing)."""
     if via == "invoke":
         outcome = invoke(stub, function, data, params, TIMEOUT)
@@ -162,7 +179,8 @@ def send(stub: dcf_pb2_grpc.GatewayStub, function: str, data: bytes, params: Map
 
 def assert_all_acceptable(stub, function: str, cases, vias=("invoke", "call")) -> dict[str, int]:
     """Send every (label, data, params) case through each front; one report of every failure."""
-    failures, seen = [], {}
+    failures: list[str] = []
+    seen: dict[str, int] = {}
     for label, data, params in cases:
         for via in vias:
             outcome, problem = send(stub, function, data, {**BASE_PARAMS[function], **params}, via)
@@ -192,12 +210,25 @@ GOOD_ANSWERS = {
         d["label"] == "person" and d["confidence"] > 0.5
         for d in json.loads(invoke(stub, "ssd", media.photo()).body or b"{}").get("detections", [])
     ),
-    "send-wav": lambda stub: Image.open(io.BytesIO(invoke(
-        stub, "send-wav", media.chirp_wav(0.5), {"width": "300", "height": "200"}).body
-    )).size == (300, 200),
-    "ssd-video": lambda stub: len(json.loads(invoke(
-        stub, "ssd-video", seeds("ssd-video")["clip.mp4"], {"max_frames": "3"}).body or b"{}"
-    ).get("frames", [])) == 3,
+    "send-wav": lambda stub: (
+        Image.open(
+            io.BytesIO(
+                invoke(
+                    stub, "send-wav", media.chirp_wav(0.5), {"width": "300", "height": "200"}
+                ).body
+            )
+        ).size
+        == (300, 200)
+    ),
+    "ssd-video": lambda stub: (
+        len(
+            json.loads(
+                invoke(stub, "ssd-video", seeds("ssd-video")["clip.mp4"], {"max_frames": "3"}).body
+                or b"{}"
+            ).get("frames", [])
+        )
+        == 3
+    ),
 }
 # Call log lines (the gateway's and the workers') end with the call's status.
 _BAD_CALL = re.compile(r"call \S+ (\S+) (INTERNAL|UNKNOWN|UNAVAILABLE|DEADLINE_EXCEEDED) ")
@@ -209,7 +240,7 @@ def assert_healthy(dcf: Service, stub, function: str, before: Mark) -> None:
     assert GOOD_ANSWERS[function](stub), f"{function} no longer answers a good input correctly"
     assert worker_starts(dcf) == before.starts, "a worker died and was restarted during the fuzz"
     log = log_since(dcf, before.log_offset)
-    assert "Traceback" not in log, log[max(0, log.index("Traceback") - 2000):][:6000]
+    assert "Traceback" not in log, log[max(0, log.index("Traceback") - 2000) :][:6000]
     bad = [m.group(0) for m in _BAD_CALL.finditer(log)]
     assert not bad, bad[:10]
 
@@ -221,7 +252,7 @@ def hostile(function: str) -> list[tuple[str, bytes, dict[str, str]]]:
     """Wrong formats, zero bytes and absurd declared sizes, by function."""
     clip = seeds("ssd-video")["clip.mp4"] if function == "ssd-video" else b""
     noise = np.random.default_rng(1).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
-    common = [
+    common: list[tuple[str, bytes, dict[str, str]]] = [
         ("zero bytes", b"", {}),
         ("one NUL", b"\x00", {}),
         ("text", b"this is plain text, not media\n" * 10, {}),
@@ -234,10 +265,14 @@ def hostile(function: str) -> list[tuple[str, bytes, dict[str, str]]]:
     ]
     if function == "ssd":
         big = media.photo()
-        return common + [
+        return [
+            *common,
             ("PNG declaring 100000x100000", media.png_header_only(100_000, 100_000), {}),
-            ("PNG declaring 32768x1500, 16-bit RGB",
-             media.png_header_only(32_768, 1500, 16, 2), {}),
+            (
+                "PNG declaring 32768x1500, 16-bit RGB",
+                media.png_header_only(32_768, 1500, 16, 2),
+                {},
+            ),
             ("PNG declaring 0x0", media.png_header_only(0, 0), {}),
             ("JPEG declaring 65000x65000", media.jpeg_with_size(big, 65_000, 65_000), {}),
             ("JPEG declaring 7000x7000", media.jpeg_with_size(big, 7000, 7000), {}),
@@ -248,18 +283,25 @@ def hostile(function: str) -> list[tuple[str, bytes, dict[str, str]]]:
             ("BMP declaring 32 bits of 1x1", media.bmp_header_only(1, 1, 32), {}),
             ("a real 7000x7000 PNG (49 MP, compresses to little)", _flat_png(7000, 7000), {}),
             ("annotate on a truncated JPEG", big[: len(big) // 3], {"annotate": "true"}),
-            ("a data: URI around base64 of a GIF",
-             b"data:image/gif;base64," + base64.b64encode(media.photo_as("GIF", (40, 40))), {}),
+            (
+                "a data: URI around base64 of a GIF",
+                b"data:image/gif;base64," + base64.b64encode(media.photo_as("GIF", (40, 40))),
+                {},
+            ),
         ]
     if function == "send-wav":
         payload = b"\x80" * (65535 * 3)
         nan = struct.pack("<4f", 0, float("nan"), 1, 2)
         huge = struct.pack("<4d", 1e308, -1e308, 0, 1)
-        return common + [
+        return [
+            *common,
             ("WAV declaring 4 GB of data", media.wav_header(data_size=0xFFFFFFFF), {}),
             ("WAV declaring 4 GB RIFF", media.wav_header(riff_size=0xFFFFFFFF), {}),
-            ("WAV with 65535 channels of 8 bits",
-             media.wav_header(channels=65535, bits=8, payload=payload), {}),
+            (
+                "WAV with 65535 channels of 8 bits",
+                media.wav_header(channels=65535, bits=8, payload=payload),
+                {},
+            ),
             ("WAV with 65535 channels of 16 bits", media.wav_header(channels=65535), {}),
             ("WAV with 0 channels", media.wav_header(channels=0), {}),
             ("WAV at 0 Hz", media.wav_header(rate=0), {}),
@@ -275,17 +317,24 @@ def hostile(function: str) -> list[tuple[str, bytes, dict[str, str]]]:
             ("WAV with half a frame", media.wav_header(channels=2, payload=b"\x01\x02"), {}),
             ("WAV with no data chunk", media.wav_header()[:36], {}),
             ("RIFX (big-endian) WAV", b"RIFX" + media.wav_header()[4:], {}),
-            ("one-sample WAV, widest picture", media.wav_header(payload=b"\x00\x40"),
-             {"width": "8192", "height": "64"}),
-            ("WAV with a 32768 frame on 10 samples", media.wav_header(payload=b"\x10\x00" * 10),
-             {"binsize": "32768", "overlap": "0.95"}),
+            (
+                "one-sample WAV, widest picture",
+                media.wav_header(payload=b"\x00\x40"),
+                {"width": "8192", "height": "64"},
+            ),
+            (
+                "WAV with a 32768 frame on 10 samples",
+                media.wav_header(payload=b"\x10\x00" * 10),
+                {"binsize": "32768", "overlap": "0.95"},
+            ),
         ]
     if function == "ssd-video":
         avi = seeds("ssd-video")["clip.avi"]
         mdat, _ = media.mp4_atoms(clip)[b"mdat"]
         huge_mdat = bytearray(clip)
         struct.pack_into(">I", huge_mdat, mdat, 0xFFFFFFFF)
-        return common + [
+        return [
+            *common,
             ("MP4 with moov claiming 4 GB", media.mp4_broken_moov(clip, "size"), {}),
             ("MP4 with moov zeroed", media.mp4_broken_moov(clip, "zero"), {}),
             ("MP4 without moov", media.mp4_broken_moov(clip, "cut"), {}),
@@ -295,30 +344,43 @@ def hostile(function: str) -> list[tuple[str, bytes, dict[str, str]]]:
             ("MP4 header only", clip[:64], {}),
             ("MP4 declaring 65535x65535 frames", media.mp4_with_size(clip, 65535, 65535), {}),
             ("MP4 declaring 0x0 frames", media.mp4_with_size(clip, 0, 0), {}),
-            ("MJPEG AVI declaring 16000x16000 frames",
-             media.mjpeg_with_size(avi, 16_000, 16_000), {}),
+            (
+                "MJPEG AVI declaring 16000x16000 frames",
+                media.mjpeg_with_size(avi, 16_000, 16_000),
+                {},
+            ),
             ("MJPEG AVI declaring 7000x7000 frames", media.mjpeg_with_size(avi, 7000, 7000), {}),
             ("MJPEG AVI declaring 1x1 frames", media.mjpeg_with_size(avi, 1, 1), {}),
             ("AVI cut after its header", avi[:2048], {}),
-            ("an HLS playlist",
-             b"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nfile:///etc/passwd\n", {}),
+            (
+                "an HLS playlist",
+                b"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nfile:///etc/passwd\n",
+                {},
+            ),
             ("an ffconcat script", b"ffconcat version 1.0\nfile '/etc/passwd'\n", {}),
-            ("an SDP description",
-             b"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=x\nc=IN IP4 127.0.0.1\nm=video 9 RTP/AVP 96\n", {}),
+            (
+                "an SDP description",
+                b"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=x\nc=IN IP4 127.0.0.1\nm=video 9 RTP/AVP 96\n",
+                {},
+            ),
             ("MP4, every frame, stride 1000", clip, {"max_frames": "1000", "stride": "1000"}),
         ]
     return common
 
 
-@lru_cache(maxsize=None)
+@cache
 def _flat_png(width: int, height: int) -> bytes:
     """A real, fully valid greyscale PNG of one colour: large picture, small file."""
     row = b"\x00" + b"\x80" * width
     compressor = zlib.compressobj(6)
     body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + media.png_chunk(b"IHDR", ihdr) + media.png_chunk(b"IDAT", body)
-            + media.png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + media.png_chunk(b"IHDR", ihdr)
+        + media.png_chunk(b"IDAT", body)
+        + media.png_chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)
@@ -341,8 +403,13 @@ def test_input_over_the_limit_is_resource_exhausted(dcf, gateway, function):
     limit = _bytes(entry.get("max_input_bytes", 0))
     if limit and limit <= 256 << 20:
         chunk = bytes(1 << 20)
-        outcome = call(gateway, function, (chunk for _ in range(limit // len(chunk) + 1)),
-                       BASE_PARAMS[function], TIMEOUT)
+        outcome = call(
+            gateway,
+            function,
+            (chunk for _ in range(limit // len(chunk) + 1)),
+            BASE_PARAMS[function],
+            TIMEOUT,
+        )
         assert outcome.code == "RESOURCE_EXHAUSTED", outcome
         assert str(limit) in outcome.message, outcome
     invoke_limit = _bytes(dcf.document["server"].get("max_invoke_bytes", "64MiB"))
@@ -380,7 +447,7 @@ class Recipe:
         for op, *args in self.mutations:
             size = len(data)
             if op == "truncate":
-                del data[args[0] % (size + 1):]
+                del data[args[0] % (size + 1) :]
                 continue
             if size == 0:
                 continue
@@ -390,13 +457,13 @@ class Recipe:
             elif op == "byte":
                 data[pos] = args[1]
             elif op == "zero":
-                data[pos:pos + args[1]] = bytes(len(data[pos:pos + args[1]]))
+                data[pos : pos + args[1]] = bytes(len(data[pos : pos + args[1]]))
             elif op == "insert":
                 data[pos:pos] = args[1]
             elif op == "delete":
-                del data[pos:pos + args[1]]
+                del data[pos : pos + args[1]]
             elif op == "repeat":
-                data[pos:pos] = bytes(data[pos:pos + args[1]]) * args[2]
+                data[pos:pos] = bytes(data[pos : pos + args[1]]) * args[2]
             elif op in ("u16le", "u16be", "u32le", "u32be"):
                 fmt = {"u16le": "<H", "u16be": ">H", "u32le": "<I", "u32be": ">I"}[op]
                 value = args[1] & (0xFFFF if "16" in op else 0xFFFFFFFF)
@@ -420,8 +487,9 @@ def recipes(draw, function: str) -> Recipe:
         st.tuples(st.just("insert"), position, st.binary(min_size=1, max_size=64)),
         st.tuples(st.just("delete"), position, st.integers(1, 4096)),
         st.tuples(st.just("repeat"), position, st.integers(1, 512), st.integers(1, 8)),
-        st.tuples(st.sampled_from(["u16le", "u16be", "u32le", "u32be"]), position,
-                  st.sampled_from(ABSURD)),
+        st.tuples(
+            st.sampled_from(["u16le", "u16be", "u32le", "u32be"]), position, st.sampled_from(ABSURD)
+        ),
     )
     return Recipe(seed, tuple(draw(st.lists(op, min_size=1, max_size=4))))
 
@@ -441,8 +509,9 @@ def run_mutations(dcf, gateway, function: str) -> None:
     def case(recipe: Recipe, front: tuple[str, int, bool]) -> None:
         via, chunk, collect = front
         data = recipe.apply(function)
-        outcome, problem = send(gateway, function, data, BASE_PARAMS[function], via, chunk or 65536,
-                                collect)
+        outcome, problem = send(
+            gateway, function, data, BASE_PARAMS[function], via, chunk or 65536, collect
+        )
         seen[outcome.code] = seen.get(outcome.code, 0) + 1
         assert problem is None, f"{problem}\ninput: {recipe} ({len(data)} bytes)"
 
@@ -460,19 +529,72 @@ def test_mutated_inputs(dcf, gateway, function):
 # -- random params -------------------------------------------------------------------------------
 
 NASTY_VALUES = st.one_of(
-    st.sampled_from([
-        "", " ", "0", "-0", "1", "-1", "0.5", "0.95", "0.951", "1.0000001", "16", "15", "32768",
-        "32769",
-        "8192", "8193", "100", "101", "1000", "1001", "1e3", "1e309", "-1e309", "nan", "NaN", "inf",
-        "-inf", "1e-320", "99999999999999999999999", "0x10", "1_000", " 5 ", "5.0", "٣", "½",
-        "2147483648", "-2147483649", "true", "false", "TRUE", "yes", "no", "on", "maybe", "\x00",
-        "jet", "viridis", "gray", "jet_r", "Greys", "nope", "log", "linear", "LOG", "\u202e12",
-        "a" * 2000,
-    ]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "0",
+            "-0",
+            "1",
+            "-1",
+            "0.5",
+            "0.95",
+            "0.951",
+            "1.0000001",
+            "16",
+            "15",
+            "32768",
+            "32769",
+            "8192",
+            "8193",
+            "100",
+            "101",
+            "1000",
+            "1001",
+            "1e3",
+            "1e309",
+            "-1e309",
+            "nan",
+            "NaN",
+            "inf",
+            "-inf",
+            "1e-320",
+            "99999999999999999999999",
+            "0x10",
+            "1_000",
+            " 5 ",
+            "5.0",
+            "٣",
+            "½",
+            "2147483648",
+            "-2147483649",
+            "true",
+            "false",
+            "TRUE",
+            "yes",
+            "no",
+            "on",
+            "maybe",
+            "\x00",
+            "jet",
+            "viridis",
+            "gray",
+            "jet_r",
+            "Greys",
+            "nope",
+            "log",
+            "linear",
+            "LOG",
+            "\u202e12",
+            "a" * 2000,
+        ]
+    ),
     st.integers(-(2**70), 2**70).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.text(max_size=20),
 )
+
+
 def _number(low: float, high: float) -> st.SearchStrategy[str]:
     return st.floats(low, high).map(lambda x: f"{x:.3g}")
 
@@ -487,14 +609,19 @@ PARAM_VALUES: dict[str, dict[str, st.SearchStrategy[str]]] = {
     "hello-dcf": {"threshold": _number(0, 1), "anything": st.just("1")},
     "ssd": {"threshold": _number(0, 1), "max_detections": _whole(1, 100), "annotate": _BOOLEAN},
     "send-wav": {
-        "binsize": _whole(16, 32768), "overlap": _number(0, 0.95),
+        "binsize": _whole(16, 32768),
+        "overlap": _number(0, 0.95),
         "scale": st.sampled_from(["linear", "log"]),
         "colormap": st.sampled_from(["jet", "viridis", "gray", "magma_r", "tab20", "flag"]),
-        "width": _whole(16, 1024), "height": _whole(16, 1024), "colorbar": _BOOLEAN,
+        "width": _whole(16, 1024),
+        "height": _whole(16, 1024),
+        "colorbar": _BOOLEAN,
         "channel": _whole(0, 2),
     },
     "ssd-video": {
-        "max_frames": _whole(1, 20), "stride": _whole(1, 5), "threshold": _number(0, 1),
+        "max_frames": _whole(1, 20),
+        "stride": _whole(1, 5),
+        "threshold": _number(0, 1),
         "max_detections": _whole(1, 100),
     },
 }
@@ -504,8 +631,9 @@ PARAM_VALUES: dict[str, dict[str, st.SearchStrategy[str]]] = {
 def param_sets(draw, function: str) -> dict[str, str]:
     """Some of the function's params, each in range or (one time in three) not."""
     values = PARAM_VALUES[function]
-    chosen = draw(st.lists(st.sampled_from(sorted(values)), min_size=1, max_size=len(values),
-                           unique=True))
+    chosen = draw(
+        st.lists(st.sampled_from(sorted(values)), min_size=1, max_size=len(values), unique=True)
+    )
     params = {
         name: draw(NASTY_VALUES if draw(st.integers(0, 2)) == 0 else values[name])
         for name in chosen
@@ -575,13 +703,19 @@ def test_malformed_streams(dcf, gateway, function):
         "a chunk first": ([chunk(data), header(function)], "INVALID_ARGUMENT"),
         "a header naming nothing": ([header("")], "INVALID_ARGUMENT"),
         "a second header": (
-            [header(function), chunk(data[:100]), header(function)], "INVALID_ARGUMENT"),
+            [header(function), chunk(data[:100]), header(function)],
+            "INVALID_ARGUMENT",
+        ),
         "a second header before any chunk": (
-            [header(function), header(function)], "INVALID_ARGUMENT"),
+            [header(function), header(function)],
+            "INVALID_ARGUMENT",
+        ),
         "an empty message": ([header(function), dcf_pb2.CallRequest()], "INVALID_ARGUMENT"),
         "an unknown function": ([header(function + "-nope"), chunk(data)], "NOT_FOUND"),
         "empty chunks around the input": (
-            [header(function), chunk(b""), chunk(data), chunk(b"")], "OK"),
+            [header(function), chunk(b""), chunk(data), chunk(b"")],
+            "OK",
+        ),
     }
     failures = []
     for label, (messages, want) in streams.items():

@@ -26,14 +26,24 @@ import statistics
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any
 
 from protos.dcf.v1 import dcf_pb2_grpc
 from tests import media
 from tests.reliability import (
-    MB, Outcome, call, health, invoke, log_since, log_size, pieces, rss,
-    worker_pids, worker_starts,
+    MB,
+    Outcome,
+    call,
+    health,
+    invoke,
+    log_since,
+    log_size,
+    pieces,
+    rss,
+    worker_pids,
+    worker_starts,
 )
 from tests.support import Service, metric
 
@@ -52,8 +62,8 @@ class Kind:
     name: str
     function: str
     run: Callable[[dcf_pb2_grpc.GatewayStub, int], Outcome]
-    expected: Callable[[int], object] | None
-    answer: Callable[[Outcome], object]
+    expected: Callable[[int], Any] | None  # the decoded answers: bytes, JSON documents
+    answer: Callable[[Outcome], Any]
 
 
 def kinds() -> dict[str, Kind]:
@@ -63,31 +73,36 @@ def kinds() -> dict[str, Kind]:
     clip = media.video(6, (320, 240))
     return {
         "echo-small": Kind(
-            "echo-small", "hello-dcf",
+            "echo-small",
+            "hello-dcf",
             lambda stub, n: invoke(stub, "hello-dcf", b"hello %d" % n, timeout=TIMEOUT),
             lambda n: b"hello %d" % n,
             lambda o: o.body,
         ),
         "echo-1MiB": Kind(
-            "echo-1MiB", "hello-dcf",
+            "echo-1MiB",
+            "hello-dcf",
             lambda stub, n: call(stub, "hello-dcf", pieces(megabyte, 64 << 10), timeout=TIMEOUT),
             lambda n: megabyte,
             lambda o: o.body,
         ),
         "ssd": Kind(
-            "ssd", "ssd",
+            "ssd",
+            "ssd",
             lambda stub, n: invoke(stub, "ssd", media.photo(), timeout=TIMEOUT),
             None,
             lambda o: json.loads(o.body),
         ),
         "send-wav": Kind(
-            "send-wav", "send-wav",
+            "send-wav",
+            "send-wav",
             lambda stub, n: call(stub, "send-wav", pieces(audio, 64 << 10), timeout=TIMEOUT),
             None,
             lambda o: (o.content_type, o.body),
         ),
         "ssd-video": Kind(
-            "ssd-video", "ssd-video",
+            "ssd-video",
+            "ssd-video",
             lambda stub, n: call(stub, "ssd-video", pieces(clip, 64 << 10), timeout=TIMEOUT),
             None,
             lambda o: [json.loads(r) for r in o.results],
@@ -102,7 +117,12 @@ def learn_references(stub: dcf_pb2_grpc.GatewayStub, table: dict[str, Kind]) -> 
             alone = kind.run(stub, 0)
             assert alone.code == "OK", f"{name} alone: {alone}"
             answer = kind.answer(alone)
-            kind.expected = lambda _n, answer=answer: answer
+            kind.expected = _always(answer)
+
+
+def _always(answer: object) -> Callable[[int], object]:
+    """The expectation of a model-backed kind: what the lone call answered, whatever ``n``."""
+    return lambda _n: answer
 
 
 def mix(client: int, available: dict[str, Kind]) -> list[Kind]:
@@ -130,8 +150,10 @@ def sample_memory(pids: dict[str, int], stop: threading.Event, out: Samples) -> 
 def growth(values: list[int], times: list[float], duration: float) -> int:
     """How much the second half grew: the median of the last fifth of the run minus the
     median around the middle (40-60%), so one short spike decides nothing."""
-    middle = [v for v, t in zip(values, times) if 0.4 * duration <= t <= 0.6 * duration]
-    end = [v for v, t in zip(values, times) if t >= 0.8 * duration]
+    middle = [
+        v for v, t in zip(values, times, strict=False) if 0.4 * duration <= t <= 0.6 * duration
+    ]
+    end = [v for v, t in zip(values, times, strict=False) if t >= 0.8 * duration]
     return int(statistics.median(end) - statistics.median(middle))
 
 
@@ -193,7 +215,8 @@ def test_sixteen_clients_mixed_functions_no_errors_bounded_memory(dcf: Service):
 
     assert not any(t.is_alive() for t in threads), "a client hung"
     summary = ", ".join(
-        f"{name} {code}: {count}" for (name, code), count in sorted(outcomes.items()))
+        f"{name} {code}: {count}" for (name, code), count in sorted(outcomes.items())
+    )
     assert not failures, f"{len(failures)} failed calls ({summary}):\n" + "\n".join(failures[:20])
     for name in table:
         assert outcomes[name, "OK"] >= 3, f"{name} hardly ran under load: {summary}"
@@ -202,9 +225,11 @@ def test_sixteen_clients_mixed_functions_no_errors_bounded_memory(dcf: Service):
         name: (max(values) // MB, growth(values, samples.times, elapsed) / MB)
         for name, values in samples.rss.items()
     }
-    print(f"\nload: {sum(outcomes.values())} calls in {elapsed:.1f} s ({summary}); "
-          "peak RSS MB / second-half growth MB: "
-          + ", ".join(f"{n} {peak}/{grew:+.1f}" for n, (peak, grew) in report.items()))
+    print(
+        f"\nload: {sum(outcomes.values())} calls in {elapsed:.1f} s ({summary}); "
+        "peak RSS MB / second-half growth MB: "
+        + ", ".join(f"{n} {peak}/{grew:+.1f}" for n, (peak, grew) in report.items())
+    )
     grown = {n: grew for n, (_, grew) in report.items() if grew * MB > GROWTH_LIMIT}
     assert not grown, f"memory climbed over the second half (MB): {grown}; all: {report}"
 

@@ -24,8 +24,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import grpc
 import numpy as np
@@ -35,8 +35,8 @@ from PIL import Image
 
 from handlers.model_fetch import MODEL_FILES, MODEL_NAME, default_model_dir
 from server.testing import ROOT, Service, free_port, start_service, wait_serving
-from tests.support import call_requests
 from tests.media import make_video
+from tests.support import call_requests
 
 MIB = 1 << 20
 CHUNK = 1 << 20
@@ -88,7 +88,7 @@ def reset_peak(pid: int) -> bool:
         return False  # the peak then also covers start-up, which only makes the test stricter
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -127,8 +127,11 @@ def call(service: Service, function: str, data: bytes, params: dict[str, str]) -
 
 
 def worst_case_burst(
-    service: Service, function: str, cases: dict[str, tuple[bytes, dict[str, str]]],
-    order: list[str], limit: int,
+    service: Service,
+    function: str,
+    cases: dict[str, tuple[bytes, dict[str, str]]],
+    order: list[str],
+    limit: int,
 ) -> dict[str, int]:
     """Each case alone (the reference answers), then all of ``order`` at once.
 
@@ -139,24 +142,30 @@ def worst_case_burst(
     pid = worker_pid(service, function)
     baseline = memory(pid)["VmRSS"]
     expected = {name: call(service, function, *cases[name]) for name in cases}
-    wait_until(lambda: memory(pid)["VmRSS"] <= baseline + RETURN_SLACK,
-               "the worker to come back near its baseline after the single calls")
+    wait_until(
+        lambda: memory(pid)["VmRSS"] <= baseline + RETURN_SLACK,
+        "the worker to come back near its baseline after the single calls",
+    )
     reset_peak(pid)
     with concurrent.futures.ThreadPoolExecutor(len(order)) as pool:
         answers = list(pool.map(lambda name: call(service, function, *cases[name]), order))
     peak = memory(pid)["VmHWM"]
     assert worker_pid(service, function) == pid, f"the {function} worker restarted"
-    for name, answer in zip(order, answers):
+    for name, answer in zip(order, answers, strict=True):
         assert answer == expected[name], f"{name}: {answer[:2]} differs from the call made alone"
     assert peak <= limit, (
         f"{function} worker peaked at {peak / MIB:.0f} MiB (baseline {baseline / MIB:.0f} MiB) "
         f"over its {limit / MIB:.0f} MiB limit"
     )
-    wait_until(lambda: memory(pid)["VmRSS"] <= baseline + RETURN_SLACK,
-               f"the {function} worker's memory to come back near its baseline")
+    wait_until(
+        lambda: memory(pid)["VmRSS"] <= baseline + RETURN_SLACK,
+        f"the {function} worker's memory to come back near its baseline",
+    )
     after = memory(pid)["VmRSS"]
-    print(f"\n{function}: {len(order)} calls at once; baseline {baseline / MIB:.0f} MiB, "
-          f"peak {peak / MIB:.0f} MiB of {limit / MIB:.0f} MiB, after {after / MIB:.0f} MiB")
+    print(
+        f"\n{function}: {len(order)} calls at once; baseline {baseline / MIB:.0f} MiB, "
+        f"peak {peak / MIB:.0f} MiB of {limit / MIB:.0f} MiB, after {after / MIB:.0f} MiB"
+    )
     return {"baseline": baseline, "peak": peak, "after": after}
 
 
@@ -192,7 +201,8 @@ def pictures() -> dict[str, tuple[bytes, dict[str, str]]]:
         "webp at the cap, drawn": (flat_webp, drawn),
         # Transparency composited on white: RGBA + RGB at once, then the PNG written.
         "rgba png at the cap, drawn": (
-            encode(Image.new("RGBA", (4000, 4000), (120, 130, 140, 128)), "PNG"), drawn,
+            encode(Image.new("RGBA", (4000, 4000), (120, 130, 140, 128)), "PNG"),
+            drawn,
         ),
         # Incompressible pixels: the biggest PNGs to write (46 MB answers).
         "noise jpeg at the cap, drawn": (encode(noise, "JPEG", quality=90), drawn),
@@ -216,8 +226,11 @@ def uhd_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 def test_ssd_worst_legal_pictures_at_once_stay_under_its_limit(service, pictures):
     concurrency = int(service.document["functions"]["ssd"]["max_concurrency"])
     order = (
-        ["webp bomb"] * 4 + ["webp at the cap"] * 2 + ["webp at the cap, drawn"] * 2
-        + ["rgba png at the cap, drawn"] * 3 + ["noise jpeg at the cap, drawn"] * 2
+        ["webp bomb"] * 4
+        + ["webp at the cap"] * 2
+        + ["webp at the cap, drawn"] * 2
+        + ["rgba png at the cap, drawn"] * 3
+        + ["noise jpeg at the cap, drawn"] * 2
         + ["noise png at the cap, drawn"]
     )
     order += ["webp bomb"] * max(0, concurrency - len(order))
@@ -226,7 +239,8 @@ def test_ssd_worst_legal_pictures_at_once_stay_under_its_limit(service, pictures
     assert found["peak"] > found["baseline"] + 100 * MIB, "the burst did decode big pictures"
     status, message, _ = call(service, "ssd", *pictures["webp bomb"])
     assert (status, message) == (
-        "INVALID_ARGUMENT", "image is 16383x3000 (49.1 megapixels); the limit is 16 megapixels",
+        "INVALID_ARGUMENT",
+        "image is 16383x3000 (49.1 megapixels); the limit is 16 megapixels",
     )
 
 
@@ -236,7 +250,9 @@ def test_ssd_video_worst_legal_videos_at_once_stay_under_its_limit(service, uhd_
     # the clips end first, after 6 frames decoded and 3 analysed each.
     params = {"max_frames": "500", "stride": "2"}
     cases = {name: (data, params) for name, data in uhd_videos.items()}
-    order = [name for _, name in zip(range(concurrency), ["mp4v", "mjpeg"] * concurrency)]
+    order = [
+        name for _, name in zip(range(concurrency), ["mp4v", "mjpeg"] * concurrency, strict=False)
+    ]
     found = worst_case_burst(
         service, "ssd-video", cases, order, k8s_memory_limit("43-ssd-video.yaml")
     )
@@ -251,8 +267,10 @@ def test_ssd_video_frames_over_the_bound_are_refused_before_decoding(service, tm
     over = make_video(tmp_path / "over.mp4", 2, size=(4096, 2160))
     assert call(service, "ssd-video", over, {}) == (
         "INVALID_ARGUMENT",
-        "video frames are 4096x2160 (8.8 megapixels, pixel format 'I420'); the limit is "
-        "8.3 megapixels in this format (3840x2160 in 8-bit 4:2:0)",
+        (
+            "video frames are 4096x2160 (8.8 megapixels, pixel format 'I420'); the limit is "
+            "8.3 megapixels in this format (3840x2160 in 8-bit 4:2:0)"
+        ),
         b"",
     )
 
@@ -271,10 +289,13 @@ def test_the_spool_file_of_a_killed_worker_is_swept_when_it_restarts(
     other_namespace.wait()
     live = spool / f"ssd-video-{other_namespace.pid}-live-upload"
     live.write_bytes(b"half of someone's upload")
-    holder = open(live, "rb")
+    holder = open(live, "rb")  # noqa: SIM115 - locked for the whole test, closed in finally
     fcntl.flock(holder, fcntl.LOCK_EX)
     pid = worker_pid(service, "ssd-video")
-    theirs = lambda: [p for p in spool.iterdir() if p.name.startswith(f"ssd-video-{pid}-")]
+
+    def theirs() -> list[Path]:
+        return [p for p in spool.iterdir() if p.name.startswith(f"ssd-video-{pid}-")]
+
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             running = pool.submit(call, service, "ssd-video", clip, {"max_frames": "60"})
@@ -306,7 +327,10 @@ def test_a_model_changed_by_one_byte_is_refused_when_the_worker_loads_it(functio
     model.write_bytes(bytes(data))
     done = subprocess.run(
         [sys.executable, "-m", "server", "worker", function, "--port", str(free_port())],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "DCF_MODEL_DIR": str(tmp_path), "DCF_SPOOL_DIR": str(tmp_path)},
     )
     assert done.returncode != 0, "the worker started with a tampered model"

@@ -16,8 +16,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
@@ -26,7 +26,14 @@ from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from tests import media
 from tests.reliability import worker_pids
 from tests.support import (
-    ROOT, Service, call_requests, collect_call, free_port, metric, start_service, wait_serving,
+    ROOT,
+    Service,
+    call_requests,
+    collect_call,
+    free_port,
+    metric,
+    start_service,
+    wait_serving,
 )
 
 TOKEN = "caller-secret"
@@ -44,8 +51,11 @@ EXTRA = {
 def guarded(tmp_path_factory) -> Iterator[Service]:
     """The embedded default with caller tokens on and a short idle limit."""
     service = start_service(
-        tmp_path_factory.mktemp("guarded"), EXTRA, args=["--no-http"],
-        env={"DCF_TOKENS": TOKEN}, server={"input_idle_seconds": 2},
+        tmp_path_factory.mktemp("guarded"),
+        EXTRA,
+        args=["--no-http"],
+        env={"DCF_TOKENS": TOKEN},
+        server={"input_idle_seconds": 2},
     )
     yield service
     service.stop()
@@ -59,15 +69,21 @@ def test_workers_take_no_call_without_the_internal_token(guarded):
     worker = guarded.worker_address("hello-dcf")
     with grpc.insecure_channel(worker) as channel:
         call = dcf_pb2_grpc.WorkerStub(channel).Call
-        for metadata, code in ((None, grpc.StatusCode.UNAUTHENTICATED),
-                               (AUTH, grpc.StatusCode.PERMISSION_DENIED)):
+        for metadata, code in (
+            (None, grpc.StatusCode.UNAUTHENTICATED),
+            (AUTH, grpc.StatusCode.PERMISSION_DENIED),
+        ):
             with pytest.raises(grpc.RpcError) as refused:
-                collect_call(call(call_requests("hello-dcf", [b"x"]), metadata=metadata, timeout=30))
+                collect_call(
+                    call(call_requests("hello-dcf", [b"x"]), metadata=metadata, timeout=30)
+                )
             assert refused.value.code() == code
     # Through the gateway, with a caller's token, the same worker answers.
     with guarded.channel() as channel:
         reply = gateway(guarded, channel).Invoke(
-            dcf_pb2.InvokeRequest(function="hello-dcf", input=b"via the door"), metadata=AUTH, timeout=30
+            dcf_pb2.InvokeRequest(function="hello-dcf", input=b"via the door"),
+            metadata=AUTH,
+            timeout=30,
         )
     assert reply.output == b"via the door"
     # The workers never saw the callers' tokens.
@@ -84,8 +100,11 @@ def test_wrong_tokens_are_counted_and_logged_at_a_bounded_rate(guarded):
         stub = gateway(guarded, channel)
         for i in range(200):
             with pytest.raises(grpc.RpcError) as refused:
-                stub.Invoke(dcf_pb2.InvokeRequest(function="hello-dcf", input=b"x"),
-                            metadata=(("authorization", f"Bearer guess-{i}"),), timeout=30)
+                stub.Invoke(
+                    dcf_pb2.InvokeRequest(function="hello-dcf", input=b"x"),
+                    metadata=(("authorization", f"Bearer guess-{i}"),),
+                    timeout=30,
+                )
             assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     after = metric(guarded.metrics_text(), "dcf_token_refusals_total", code="PERMISSION_DENIED")
     assert after - before == 200
@@ -98,6 +117,7 @@ def test_a_call_without_a_deadline_gets_the_functions_ceiling(guarded):
     with guarded.channel() as channel:
         stub = gateway(guarded, channel)
         for timeout in (None, 1e6):
+
             def steady() -> Iterator[bytes]:
                 for _ in range(60):  # 4 KiB/s, above the minimum rate, for 30 s
                     yield b"y" * 2048
@@ -105,8 +125,9 @@ def test_a_call_without_a_deadline_gets_the_functions_ceiling(guarded):
 
             started = time.monotonic()
             with pytest.raises(grpc.RpcError) as ended:
-                collect_call(stub.Call(call_requests("echo-brief", steady()), metadata=AUTH,
-                                       timeout=timeout))
+                collect_call(
+                    stub.Call(call_requests("echo-brief", steady()), metadata=AUTH, timeout=timeout)
+                )
             assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, ended.value.details()
             assert time.monotonic() - started < 20
 
@@ -119,8 +140,11 @@ def test_an_idle_upload_is_ended(guarded):
     with guarded.channel() as channel:
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as ended:
-            collect_call(gateway(guarded, channel).Call(
-                call_requests("hello-dcf", stalls()), metadata=AUTH, timeout=60))
+            collect_call(
+                gateway(guarded, channel).Call(
+                    call_requests("hello-dcf", stalls()), metadata=AUTH, timeout=60
+                )
+            )
     assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert ended.value.details() == "hello-dcf: no input for 2 s; the upload was ended"
     assert time.monotonic() - started < 20
@@ -143,8 +167,11 @@ def test_four_trickling_uploads_do_not_deny_a_fifth_caller(guarded):
     def trickler(_: int) -> str:
         with guarded.channel() as channel:
             try:
-                collect_call(gateway(guarded, channel).Call(
-                    call_requests("ssd-video", trickle()), metadata=AUTH, timeout=120))
+                collect_call(
+                    gateway(guarded, channel).Call(
+                        call_requests("ssd-video", trickle()), metadata=AUTH, timeout=120
+                    )
+                )
             except grpc.RpcError as exc:
                 return f"{exc.code().name}: {exc.details()}"
             return "OK"
@@ -157,8 +184,11 @@ def test_four_trickling_uploads_do_not_deny_a_fifth_caller(guarded):
             time.sleep(0.05)
         try:
             with guarded.channel() as channel:
-                _, _, results = collect_call(gateway(guarded, channel).Call(
-                    call_requests("ssd-video", [clip]), metadata=AUTH, timeout=120))
+                _, _, results = collect_call(
+                    gateway(guarded, channel).Call(
+                        call_requests("ssd-video", [clip]), metadata=AUTH, timeout=120
+                    )
+                )
             assert not any(t.done() for t in trickling), "answered only once the tricklers ended"
             assert [json.loads(r)["frame"] for r in results[:-1]] == [1, 2, 3, 4]
             # The tricklers themselves end by the rule, not by giving up.
@@ -167,15 +197,20 @@ def test_four_trickling_uploads_do_not_deny_a_fifth_caller(guarded):
         finally:
             stop.set()
     assert len(outcomes) == 4, outcomes
-    assert all(o.startswith("DEADLINE_EXCEEDED: ssd-video: ") and o.endswith("the upload was ended")
-               for o in outcomes), outcomes
+    assert all(
+        o.startswith("DEADLINE_EXCEEDED: ssd-video: ") and o.endswith("the upload was ended")
+        for o in outcomes
+    ), outcomes
 
 
 def test_caller_text_in_the_log_is_escaped_and_bounded(guarded):
     offset = len(guarded.log.read_bytes())
     with guarded.channel() as channel:
         stub = gateway(guarded, channel)
-        for name in ("evil\n2026-01-01 00:00:00,000 INFO server.gateway[1]: call forged", "n" * (1 << 20)):
+        for name in (
+            "evil\n2026-01-01 00:00:00,000 INFO server.gateway[1]: call forged",
+            "n" * (1 << 20),
+        ):
             with pytest.raises(grpc.RpcError) as refused:
                 stub.Invoke(dcf_pb2.InvokeRequest(function=name), metadata=AUTH, timeout=30)
             assert refused.value.code() == grpc.StatusCode.NOT_FOUND
@@ -191,17 +226,21 @@ def test_caller_text_in_the_log_is_escaped_and_bounded(guarded):
 
 def raw_call(channel: grpc.Channel, method: str, payload: bytes, streaming: bool = False):
     if streaming:
-        call = channel.stream_stream(method)
-        return list(call(iter([payload]), timeout=30, metadata=AUTH))
-    return channel.unary_unary(method)(payload, timeout=30, metadata=AUTH)
+        stream: grpc.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(method)
+        return list(stream(iter([payload]), timeout=30, metadata=AUTH))
+    unary: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
+    return unary(payload, timeout=30, metadata=AUTH)
 
 
-@pytest.mark.parametrize("method, streaming", [
-    ("/dcf.v1.Gateway/Invoke", False),
-    ("/dcf.v1.Gateway/Call", True),
-    ("/dcf.v1.Gateway/ListFunctions", False),
-    ("/inference.GRPCInferenceService/ModelInfer", False),
-])
+@pytest.mark.parametrize(
+    ("method", "streaming"),
+    [
+        ("/dcf.v1.Gateway/Invoke", False),
+        ("/dcf.v1.Gateway/Call", True),
+        ("/dcf.v1.Gateway/ListFunctions", False),
+        ("/inference.GRPCInferenceService/ModelInfer", False),
+    ],
+)
 def test_malformed_messages_are_invalid_argument(guarded, method, streaming):
     with guarded.channel() as channel:
         with pytest.raises(grpc.RpcError) as refused:
@@ -209,25 +248,47 @@ def test_malformed_messages_are_invalid_argument(guarded, method, streaming):
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "is not a valid" in refused.value.details()
         # The gateway goes on serving.
-        assert gateway(guarded, channel).Invoke(
-            dcf_pb2.InvokeRequest(function="hello-dcf", input=b"still"), metadata=AUTH, timeout=30
-        ).output == b"still"
+        assert (
+            gateway(guarded, channel)
+            .Invoke(
+                dcf_pb2.InvokeRequest(function="hello-dcf", input=b"still"),
+                metadata=AUTH,
+                timeout=30,
+            )
+            .output
+            == b"still"
+        )
 
 
 def test_unavailable_names_the_function_but_not_where_its_workers_are(tmp_path):
     nowhere, port = free_port(), free_port()
     log = tmp_path / "gateway.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "server", "gateway", "--port", str(port), "--metrics-port", "0",
-         "--route", f"hello-dcf=127.0.0.1:{nowhere}"],
-        cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "gateway",
+            "--port",
+            str(port),
+            "--metrics-port",
+            "0",
+            "--route",
+            f"hello-dcf=127.0.0.1:{nowhere}",
+        ],
+        cwd=ROOT,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     try:
         wait_serving(f"127.0.0.1:{port}")
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            with pytest.raises(grpc.RpcError) as down:
-                dcf_pb2_grpc.GatewayStub(channel).Invoke(
-                    dcf_pb2.InvokeRequest(function="hello-dcf", input=b"x"), timeout=30)
+        with (
+            grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+            pytest.raises(grpc.RpcError) as down,
+        ):
+            dcf_pb2_grpc.GatewayStub(channel).Invoke(
+                dcf_pb2.InvokeRequest(function="hello-dcf", input=b"x"), timeout=30
+            )
         assert down.value.code() == grpc.StatusCode.UNAVAILABLE
         assert down.value.details() == "hello-dcf: worker unavailable"
         deadline = time.monotonic() + 10

@@ -13,8 +13,8 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import h11
@@ -23,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
-from tests.http import MiB, Duplex, SmallService, small_service, wait_for
+from tests.http import Duplex, MiB, SmallService, small_service, wait_for
 from tests.support import Service, metric
 
 PAGE_PATHS = ["/", "/static/index.html", "/static/app.js", "/static/style.css"]
@@ -55,16 +55,17 @@ def calls_made(dcf: Service, function: str) -> float:
 
 
 def gateway_line(log: Path, request_id: str) -> re.Match | None:
-    return re.search(rf"server\.gateway\[\d+\]: call {re.escape(request_id)} (\S+) (\w+)",
-                     log.read_text(errors="replace"))
+    return re.search(
+        rf"server\.gateway\[\d+\]: call {re.escape(request_id)} (\S+) (\w+)",
+        log.read_text(errors="replace"),
+    )
 
 
 def assert_never_ran(dcf: Service, api: httpx.Client, refused: list[str], before: float) -> None:
     """The refused calls never reached the gateway. A call made after them is waited for
     in the gateway's log: had they run, their lines and counts would be in by then."""
     after_id = f"after-{uuid.uuid4().hex[:8]}"
-    reply = api.post("/v1/functions/hello-dcf", content="after",
-                     headers={"x-request-id": after_id})
+    reply = api.post("/v1/functions/hello-dcf", content="after", headers={"x-request-id": after_id})
     assert reply.status_code == 200 and reply.text == "after"
     wait_for(lambda: gateway_line(dcf.log, after_id), "the gateway's line for the call after")
     for request_id in refused:
@@ -80,19 +81,27 @@ def test_a_cross_site_text_plain_post_is_refused_and_does_not_run(dcf, api):
     be unreadable, but the call would run: it must be refused before it does."""
     before = calls_made(dcf, "hello-dcf")
     refused = []
-    for origin in (ELSEWHERE, "null", f"http://127.0.0.1:{dcf.http_port + 1}",
-                   f"https://127.0.0.1:{dcf.http_port}x"):
+    for origin in (
+        ELSEWHERE,
+        "null",
+        f"http://127.0.0.1:{dcf.http_port + 1}",
+        f"https://127.0.0.1:{dcf.http_port}x",
+    ):
         request_id = f"xsite-{uuid.uuid4().hex[:8]}"
         refused.append(request_id)
-        reply = api.post("/v1/functions/hello-dcf", content="do my work",
-                         headers={"origin": origin, "content-type": "text/plain",
-                                  "x-request-id": request_id})
+        reply = api.post(
+            "/v1/functions/hello-dcf",
+            content="do my work",
+            headers={"origin": origin, "content-type": "text/plain", "x-request-id": request_id},
+        )
         body = assert_error(reply, 403, "PERMISSION_DENIED")
         assert "cross-origin" in body["message"] and "do my work" not in reply.text
     # Reading the function list, or asking for a preflight, is refused too.
     assert_error(api.get("/v1/functions", headers={"origin": ELSEWHERE}), 403, "PERMISSION_DENIED")
-    preflight = api.options("/v1/functions/hello-dcf", headers={
-        "origin": ELSEWHERE, "access-control-request-method": "POST"})
+    preflight = api.options(
+        "/v1/functions/hello-dcf",
+        headers={"origin": ELSEWHERE, "access-control-request-method": "POST"},
+    )
     assert_error(preflight, 403, "PERMISSION_DENIED")
     assert "access-control-allow-origin" not in preflight.headers
     assert_never_ran(dcf, api, refused, before)
@@ -104,8 +113,10 @@ def test_same_origin_and_origin_less_calls_still_work(dcf, api):
     own = {"origin": f"http://127.0.0.1:{dcf.http_port}"}
     reply = api.post("/v1/functions/hello-dcf", content="from the page", headers=own)
     assert reply.status_code == 200 and reply.text == "from the page"
-    localhost = {"origin": f"http://localhost:{dcf.http_port}",
-                 "host": f"localhost:{dcf.http_port}"}
+    localhost = {
+        "origin": f"http://localhost:{dcf.http_port}",
+        "host": f"localhost:{dcf.http_port}",
+    }
     reply = api.post("/v1/functions/hello-dcf", content="by name", headers=localhost)
     assert reply.status_code == 200 and reply.text == "by name"
     reply = api.post("/v1/functions/hello-dcf", content="curl")
@@ -118,12 +129,19 @@ def test_a_host_it_does_not_serve_is_refused(dcf, api):
     before = calls_made(dcf, "hello-dcf")
     port = dcf.http_port
     for path in ("/", "/static/app.js", "/v1/functions"):
-        assert_error(api.get(path, headers={"host": f"evil.example:{port}"}),
-                     421, "MISDIRECTED_REQUEST")
+        assert_error(
+            api.get(path, headers={"host": f"evil.example:{port}"}), 421, "MISDIRECTED_REQUEST"
+        )
     request_id = f"rebound-{uuid.uuid4().hex[:8]}"
-    reply = api.post("/v1/functions/hello-dcf", content="rebound", headers={
-        "host": f"evil.example:{port}", "origin": f"http://evil.example:{port}",
-        "x-request-id": request_id})
+    reply = api.post(
+        "/v1/functions/hello-dcf",
+        content="rebound",
+        headers={
+            "host": f"evil.example:{port}",
+            "origin": f"http://evil.example:{port}",
+            "x-request-id": request_id,
+        },
+    )
     assert_error(reply, 421, "MISDIRECTED_REQUEST")
     assert_error(api.get("/", headers={"host": "bad host!"}), 400, "INVALID_ARGUMENT")
     for name in (f"localhost:{port}", f"127.0.0.1:{port}", "127.0.0.1", f"LOCALHOST.:{port}"):
@@ -166,14 +184,16 @@ def test_non_ascii_metadata_headers_are_400(api):
         reply = api.post("/v1/functions/hello-dcf", content="x", headers={name: value})
         body = assert_error(reply, 400, "INVALID_ARGUMENT")
         assert "ASCII" in body["message"]
-    assert_error(api.get("/v1/functions", headers={"authorization": b"Bearer \xff"}),
-                 400, "INVALID_ARGUMENT")
+    assert_error(
+        api.get("/v1/functions", headers={"authorization": b"Bearer \xff"}), 400, "INVALID_ARGUMENT"
+    )
 
 
 def test_a_timeout_beyond_the_ceiling_is_clamped(api):
     for value in ("1e10", "1e308", "inf"):
-        reply = api.post("/v1/functions/hello-dcf", content="in time",
-                         headers={"x-dcf-timeout": value})
+        reply = api.post(
+            "/v1/functions/hello-dcf", content="in time", headers={"x-dcf-timeout": value}
+        )
         assert reply.status_code == 200 and reply.text == "in time", (value, reply.text)
     for value in ("-1", "0", "nan", "-inf", "soon"):
         reply = api.post("/v1/functions/hello-dcf", content="x", headers={"x-dcf-timeout": value})
@@ -189,11 +209,16 @@ QUICK = 1  # seconds: every timeout of the quick server
 def quick(tmp_path_factory) -> Iterator[SmallService]:
     """hello-dcf behind a front whose timeouts are all short, and whose names and
     origins are set by the operator."""
-    service = small_service(tmp_path_factory.mktemp("quick"), env={
-        "DCF_HTTP_HEADER_TIMEOUT": str(QUICK), "DCF_HTTP_BODY_TIMEOUT": str(QUICK),
-        "DCF_HTTP_KEEPALIVE_TIMEOUT": str(QUICK),
-        "DCF_HTTP_ALLOWED_HOSTS": "dcf.example", "DCF_HTTP_ALLOWED_ORIGINS": "https://app.example",
-    })
+    service = small_service(
+        tmp_path_factory.mktemp("quick"),
+        env={
+            "DCF_HTTP_HEADER_TIMEOUT": str(QUICK),
+            "DCF_HTTP_BODY_TIMEOUT": str(QUICK),
+            "DCF_HTTP_KEEPALIVE_TIMEOUT": str(QUICK),
+            "DCF_HTTP_ALLOWED_HOSTS": "dcf.example",
+            "DCF_HTTP_ALLOWED_ORIGINS": "https://app.example",
+        },
+    )
     yield service
     assert service.stop() == 0, service.log.read_text()[-3000:]
 
@@ -204,7 +229,7 @@ def closed_by_server(sock: socket.socket, within: float = 30.0) -> bool:
     try:
         while sock.recv(65536):
             pass
-    except socket.timeout:
+    except TimeoutError:
         return False
     except ConnectionError:
         pass
@@ -235,7 +260,7 @@ def test_a_request_head_trickled_byte_by_byte_is_cut_off(quick):
             try:
                 if sock.recv(1) == b"":
                     break
-            except socket.timeout:
+            except TimeoutError:
                 pass
             except ConnectionError:
                 break
@@ -247,8 +272,11 @@ def test_a_request_head_trickled_byte_by_byte_is_cut_off(quick):
 def test_an_idle_keep_alive_connection_is_closed(quick):
     with connect(quick.http_port) as sock:
         client = h11.Connection(h11.CLIENT)
-        sock.sendall(client.send(h11.Request(method="GET", target="/v1/functions",
-                                             headers=[("host", "127.0.0.1")])))
+        sock.sendall(
+            client.send(
+                h11.Request(method="GET", target="/v1/functions", headers=[("host", "127.0.0.1")])
+            )
+        )
         sock.sendall(client.send(h11.EndOfMessage()))
         while not isinstance(event := client.next_event(), h11.EndOfMessage):
             if event is h11.NEED_DATA:
@@ -262,8 +290,9 @@ def test_an_idle_keep_alive_connection_is_closed(quick):
 
 def test_a_stalled_body_is_408_and_its_call_is_cancelled(quick):
     request_id = f"stalled-{uuid.uuid4().hex[:8]}"
-    with Duplex(quick.http_port, "/v1/functions/hello-dcf", 100,
-                {"x-request-id": request_id}, timeout=30) as call:
+    with Duplex(
+        quick.http_port, "/v1/functions/hello-dcf", 100, {"x-request-id": request_id}, timeout=30
+    ) as call:
         head = call.response()
         body = call.body()
     assert head.status_code == 408
@@ -277,8 +306,9 @@ def test_a_client_that_stops_reading_is_let_go(quick):
     connection and the answer's buffers: once the answer stalls, the front lets it go."""
     request_id = f"deaf-{uuid.uuid4().hex[:8]}"
     total = 256 * MiB
-    call = Duplex(quick.http_port, "/v1/functions/hello-dcf", total,
-                  {"x-request-id": request_id}, timeout=30)
+    call = Duplex(
+        quick.http_port, "/v1/functions/hello-dcf", total, {"x-request-id": request_id}, timeout=30
+    )
     failure: list[BaseException] = []
 
     def upload() -> None:
@@ -298,8 +328,10 @@ def test_a_client_that_stops_reading_is_let_go(quick):
         call.close()
     line = wait_for(lambda: gateway_line(quick.log, request_id), "the gateway's line for the call")
     assert line[2] in ("CANCELLED", "OK"), line[0]  # see test_disconnect_cancels_the_call
-    wait_for(lambda: metric(quick.metrics_text(), "dcf_calls_in_flight", function="hello-dcf")
-             == 0, "the call ended")
+    wait_for(
+        lambda: metric(quick.metrics_text(), "dcf_calls_in_flight", function="hello-dcf") == 0,
+        "the call ended",
+    )
 
 
 def test_operator_names_and_origins(quick):
@@ -314,14 +346,23 @@ def test_operator_names_and_origins(quick):
         reply = client.post("/v1/functions/hello-dcf", content="cors", headers=app)
         assert reply.status_code == 200 and reply.text == "cors"
         assert reply.headers["access-control-allow-origin"] == "https://app.example"
-        preflight = client.options("/v1/functions/hello-dcf", headers={
-            **app, "access-control-request-method": "POST",
-            "access-control-request-headers": "authorization, x-dcf-timeout"})
+        preflight = client.options(
+            "/v1/functions/hello-dcf",
+            headers={
+                **app,
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "authorization, x-dcf-timeout",
+            },
+        )
         assert preflight.status_code == 200
         assert "x-dcf-timeout" in preflight.headers["access-control-allow-headers"].lower()
-        assert_error(client.post("/v1/functions/hello-dcf", content="x",
-                                 headers={"origin": "https://other.example"}),
-                     403, "PERMISSION_DENIED")
+        assert_error(
+            client.post(
+                "/v1/functions/hello-dcf", content="x", headers={"origin": "https://other.example"}
+            ),
+            403,
+            "PERMISSION_DENIED",
+        )
 
 
 # ---------------------------------------------------------------- descriptors
@@ -334,8 +375,11 @@ def starved(tmp_path_factory) -> Iterator[SmallService]:
     """hello-dcf served under a low open-file limit, logging at DEBUG (which shows each
     accept that failed for want of a descriptor). Its header timeout is long, so that
     only making room, not a timeout, can let a caller in past idle connections."""
-    service = small_service(tmp_path_factory.mktemp("starved"), open_files=OPEN_FILES,
-                            env={"DCF_LOG_LEVEL": "DEBUG", "DCF_HTTP_HEADER_TIMEOUT": "120"})
+    service = small_service(
+        tmp_path_factory.mktemp("starved"),
+        open_files=OPEN_FILES,
+        env={"DCF_LOG_LEVEL": "DEBUG", "DCF_HTTP_HEADER_TIMEOUT": "120"},
+    )
     yield service
     assert service.stop() == 0, service.log.read_text()[-3000:]
 
@@ -373,8 +417,10 @@ def test_running_out_of_descriptors_is_logged_once_per_interval(starved):
     callers: list[socket.socket] = []
     try:
         descriptors = Path(f"/proc/{starved.process.pid}/fd")
-        wait_for(lambda: len(list(descriptors.iterdir())) >= OPEN_FILES,
-                 "the gRPC side taking every descriptor left")
+        wait_for(
+            lambda: len(list(descriptors.iterdir())) >= OPEN_FILES,
+            "the gRPC side taking every descriptor left",
+        )
         callers = [connect(starved.http_port) for _ in range(5)]
 
         def failures_seen() -> bool:
@@ -413,8 +459,12 @@ def test_with_every_connection_busy_a_new_one_is_told_to_come_back(tmp_path):
         held = [Duplex(service.http_port, "/v1/functions/hello-dcf", 10) for _ in range(cap)]
         for call in held:
             call.send(b"a")
-        wait_for(lambda: metric(service.metrics_text(), "dcf_calls_in_flight",
-                                function="hello-dcf") == cap, "the held calls running")
+        wait_for(
+            lambda: (
+                metric(service.metrics_text(), "dcf_calls_in_flight", function="hello-dcf") == cap
+            ),
+            "the held calls running",
+        )
         with httpx.Client(base_url=service.http_url, timeout=30) as client:
             reply = client.get("/v1/functions")
             assert_error(reply, 503, "UNAVAILABLE")

@@ -23,8 +23,8 @@ import re
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import numpy as np
@@ -36,7 +36,7 @@ from scipy.io import wavfile
 from handlers import send_wav
 from handlers.base import Params, Request
 from server.testing import ROOT, Service, start_service
-from tests.conftest import call_requests, collect_call
+from tests.support import call_requests, collect_call
 
 MIB = 1 << 20
 CHUNK = 1 << 20  # what the client sends at a time
@@ -47,8 +47,13 @@ HOST_BYTES_PER_CALL = 16 * MIB
 # the allocator's buffers (measured: 20 to 60 MiB after rounds of 100 MB inputs).
 RETURN_SLACK = 96 * MIB
 RATE = 44100
-WORST_PARAMS = {"width": "8192", "height": "2048", "binsize": "4096", "overlap": "0.95",
-                "colorbar": "false"}
+WORST_PARAMS = {
+    "width": "8192",
+    "height": "2048",
+    "binsize": "4096",
+    "overlap": "0.95",
+    "colorbar": "false",
+}
 LABELLED_PARAMS = {"width": "8192", "height": "2048"}
 
 
@@ -86,8 +91,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 def worker_pid(service: Service) -> int:
     """The send-wav worker's pid, from the log line of its (last) start, on its port."""
     port = int(service.worker_address("send-wav").rsplit(":", 1)[1])
-    found = re.findall(r"worker send-wav started \(pid (\d+), port (\d+)\)",
-                       service.log.read_text())
+    found = re.findall(
+        r"worker send-wav started \(pid (\d+), port (\d+)\)", service.log.read_text()
+    )
     assert found, "no start of the send-wav worker in the service log"
     pid, logged_port = (int(value) for value in found[-1])
     assert logged_port == port
@@ -123,10 +129,11 @@ def settle(pid: int, ceiling: int, timeout: float = 30.0) -> int:
 
 def served(service: Service, data: bytes, params: dict[str, str]) -> bytes:
     """send-wav through the gateway, the input streamed in 1 MiB chunks."""
-    chunks = (data[i:i + CHUNK] for i in range(0, len(data), CHUNK))
+    chunks = (data[i : i + CHUNK] for i in range(0, len(data), CHUNK))
     with service.channel() as channel:
         content_type, body, _ = collect_call(
-            service.gateway(channel).Call(call_requests("send-wav", chunks, params), timeout=300))
+            service.gateway(channel).Call(call_requests("send-wav", chunks, params), timeout=300)
+        )
     assert content_type == "image/png"
     return body
 
@@ -155,7 +162,7 @@ def at_once(jobs: list[tuple[bytes, dict[str, str]]], service: Service) -> list[
 def in_process(data: bytes, params: dict[str, str]) -> bytes:
     function = send_wav.create({})
     try:
-        chunks = (data[i:i + CHUNK] for i in range(0, len(data), CHUNK))
+        chunks = (data[i : i + CHUNK] for i in range(0, len(data), CHUNK))
         return b"".join(function.handle(Request(Params(params), chunks)).parts)
     finally:
         function.close()
@@ -192,20 +199,27 @@ def test_a_picture_over_the_budget_is_refused_at_once_and_costs_nothing(service,
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert caught.value.details() == (
         "params width x height: 8192 x 8192 = 67108864 pixels is over the budget of "
-        f"{send_wav.MAX_PIXELS} pixels a picture")
+        f"{send_wav.MAX_PIXELS} pixels a picture"
+    )
     assert memory(worker)["VmHWM"] - baseline <= 8 * MIB
 
 
 def test_worst_legal_calls_at_once_stay_within_the_stated_budget(service, worker, inputs):
     """Two worst grids, a labelled picture at the budget and 100 MB of WAV, together."""
-    jobs = [(inputs["worst"], WORST_PARAMS), (inputs["worst"], WORST_PARAMS),
-            (inputs["short"], LABELLED_PARAMS), (inputs["long"], {})]
+    jobs = [
+        (inputs["worst"], WORST_PARAMS),
+        (inputs["worst"], WORST_PARAMS),
+        (inputs["short"], LABELLED_PARAMS),
+        (inputs["long"], {}),
+    ]
     reset_peak(worker)
     baseline = memory(worker)["VmRSS"]
     answers = at_once(jobs, service)
     peak = memory(worker)["VmHWM"] - baseline
-    print(f"send-wav worker: baseline {baseline / MIB:.0f} MiB, peak +{peak / MIB:.0f} MiB "
-          f"for {len(jobs)} worst calls at once (stated limit +{limit(jobs) / MIB:.0f} MiB)")
+    print(
+        f"send-wav worker: baseline {baseline / MIB:.0f} MiB, peak +{peak / MIB:.0f} MiB "
+        f"for {len(jobs)} worst calls at once (stated limit +{limit(jobs) / MIB:.0f} MiB)"
+    )
     assert peak <= limit(jobs), (peak / MIB, limit(jobs) / MIB)
 
     # The answers are the same bytes as each call made alone, in-process.
@@ -234,12 +248,14 @@ def test_every_call_in_flight_fits_the_deployment_limit(service, worker):
     resident set at rest, fit under the memory limit docker/k8s gives the worker."""
     registry = yaml.safe_load((ROOT / "server" / "functions.yaml").read_text())
     concurrency = int(registry["functions"]["send-wav"]["max_concurrency"])
-    side = int(send_wav.MAX_PIXELS ** 0.5)
+    side = int(send_wav.MAX_PIXELS**0.5)
     need = memory(worker)["VmRSS"] + concurrency * (
-        send_wav.worst_case_bytes(side, side) + HOST_BYTES_PER_CALL)
+        send_wav.worst_case_bytes(side, side) + HOST_BYTES_PER_CALL
+    )
     assert need <= k8s_memory_limit("42-send-wav.yaml"), (
         f"{concurrency} calls at {send_wav.worst_case_bytes(side, side) / MIB:.0f} MiB need "
-        f"{need / MIB:.0f} MiB")
+        f"{need / MIB:.0f} MiB"
+    )
 
 
 def k8s_memory_limit(manifest: str) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -27,7 +28,7 @@ BIG = 64 << 20
 
 
 def peak(pid: int) -> int:
-    status = open(f"/proc/{pid}/status").read()
+    status = Path(f"/proc/{pid}/status").read_text()
     return int(status.split("VmHWM:")[1].split()[0]) * 1024
 
 
@@ -39,7 +40,10 @@ def gateway(tmp_path_factory):
 
 
 def invoke(address: str, name: str, data: bytes) -> str:
-    options = [("grpc.max_send_message_length", 1 << 28), ("grpc.max_receive_message_length", 1 << 28)]
+    options = [
+        ("grpc.max_send_message_length", 1 << 28),
+        ("grpc.max_receive_message_length", 1 << 28),
+    ]
     with grpc.insecure_channel(address, options=options) as channel:
         try:
             reply = dcf_pb2_grpc.GatewayStub(channel).Invoke(
@@ -56,10 +60,14 @@ def test_eight_64_mib_invokes_at_once_are_bounded_and_given_back(gateway):
     data = os.urandom(BIG)
     for name in ("no-such-function", "hello-dcf"):
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            outcomes = list(pool.map(lambda _: invoke(gateway.address, name, data), range(8)))
+            outcomes = list(
+                pool.map(lambda _, name=name: invoke(gateway.address, name, data), range(8))
+            )
         print(f"\n{name}: {outcomes}")
         for outcome in outcomes:
-            assert outcome == "OK" or outcome.startswith(("NOT_FOUND", "RESOURCE_EXHAUSTED")), outcome
+            assert outcome == "OK" or outcome.startswith(("NOT_FOUND", "RESOURCE_EXHAUSTED")), (
+                outcome
+            )
         if name == "hello-dcf":
             assert "OK" in outcomes, "no echo was let through"
             refused = [o for o in outcomes if o.startswith("RESOURCE_EXHAUSTED")]
@@ -68,8 +76,9 @@ def test_eight_64_mib_invokes_at_once_are_bounded_and_given_back(gateway):
     while rss(pid) - baseline > KEPT_LIMIT and time.monotonic() < deadline:
         time.sleep(0.2)
     kept, highest = rss(pid) - baseline, peak(pid)
-    print(f"gateway RSS: baseline {baseline // MB} MB, peak {highest // MB} MB, "
-          f"kept {kept // MB} MB")
+    print(
+        f"gateway RSS: baseline {baseline // MB} MB, peak {highest // MB} MB, kept {kept // MB} MB"
+    )
     assert highest < PEAK_LIMIT, highest // MB
     assert kept < KEPT_LIMIT, kept // MB
     # A payload the size limit allows is served on an idle gateway, however large.

@@ -162,16 +162,26 @@ def test_health_and_reflection(dcf):
     assert "dcf.v1.Gateway" in services and "grpc.health.v1.Health" in services
     assert any("reflection" in s for s in services)
     invoked = subprocess.run(
-        [grpcurl, "-plaintext", "-d", '{"function":"hello-dcf","input":"SGk="}', dcf.address,
-         "dcf.v1.Gateway/Invoke"],
-        capture_output=True, text=True, timeout=30,
+        [
+            grpcurl,
+            "-plaintext",
+            "-d",
+            '{"function":"hello-dcf","input":"SGk="}',
+            dcf.address,
+            "dcf.v1.Gateway/Invoke",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert invoked.returncode == 0, invoked.stderr
     assert '"output": "SGk="' in invoked.stdout
     # Workers speak health and reflection too.
     worker = dcf.worker_address("hello-dcf")
     wait_serving(worker, "dcf.v1.Worker", timeout=5)
-    listed = subprocess.run([grpcurl, "-plaintext", worker, "list"], capture_output=True, text=True, timeout=30)
+    listed = subprocess.run(
+        [grpcurl, "-plaintext", worker, "list"], capture_output=True, text=True, timeout=30
+    )
     assert "dcf.v1.Worker" in listed.stdout.split()
 
 
@@ -180,19 +190,35 @@ def test_killed_worker_gives_unavailable_and_gateway_stays_up(tmp_path):
     worker_port, gateway_port = free_port(), free_port()
     worker = subprocess.Popen(
         [sys.executable, "-m", "server", "worker", "hello-dcf", "--port", str(worker_port)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     gateway = subprocess.Popen(
-        [sys.executable, "-m", "server", "gateway", "--port", str(gateway_port), "--metrics-port", "0",
-         "--route", f"hello-dcf=127.0.0.1:{worker_port}"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "gateway",
+            "--port",
+            str(gateway_port),
+            "--metrics-port",
+            "0",
+            "--route",
+            f"hello-dcf=127.0.0.1:{worker_port}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     address = f"127.0.0.1:{gateway_port}"
     try:
         wait_serving(address, "hello-dcf")
         with grpc.insecure_channel(address) as channel:
             stub = dcf_pb2_grpc.GatewayStub(channel)
-            assert stub.Invoke(dcf_pb2.InvokeRequest(function="hello-dcf", input=b"a")).output == b"a"
+            assert (
+                stub.Invoke(dcf_pb2.InvokeRequest(function="hello-dcf", input=b"a")).output == b"a"
+            )
 
             # Mid-call: the worker dies while the call is streaming.
             release = threading.Event()
@@ -220,7 +246,10 @@ def test_killed_worker_gives_unavailable_and_gateway_stays_up(tmp_path):
             assert time.monotonic() - started < 5
 
             health = health_pb2_grpc.HealthStub(channel)
-            assert health.Check(health_pb2.HealthCheckRequest(service="")).status == health_pb2.HealthCheckResponse.SERVING
+            assert (
+                health.Check(health_pb2.HealthCheckRequest(service="")).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
     finally:
         for process in (worker, gateway):
             if process.poll() is None:

@@ -17,14 +17,23 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from tests.support import (
-    ROOT, call_requests, collect_call, free_port, metric, start_service, wait_serving,
+    ROOT,
+    call_requests,
+    collect_call,
+    free_port,
+    metric,
+    start_service,
+    wait_serving,
 )
 
 
 def spawn(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "server", *args], cwd=ROOT, stdout=log.open("ab"),
-        stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        [sys.executable, "-m", "server", *args],
+        cwd=ROOT,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -51,11 +60,22 @@ def wait_until(condition, what: str, timeout: float = 30.0) -> None:
 def two_replicas(tmp_path: Path):
     ports = [free_port(), free_port()]
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
-    workers = [spawn(["worker", "hello-dcf", "--port", str(p)], log) for p, log in zip(ports, logs)]
+    workers = [
+        spawn(["worker", "hello-dcf", "--port", str(p)], log)
+        for p, log in zip(ports, logs, strict=True)
+    ]
     gateway_port = free_port()
     route = ",".join(f"127.0.0.1:{p}" for p in ports)
     gateway = spawn(
-        ["gateway", "--port", str(gateway_port), "--metrics-port", "0", "--route", f"hello-dcf={route}"],
+        [
+            "gateway",
+            "--port",
+            str(gateway_port),
+            "--metrics-port",
+            "0",
+            "--route",
+            f"hello-dcf={route}",
+        ],
         tmp_path / "gateway.log",
     )
     try:
@@ -68,63 +88,72 @@ def two_replicas(tmp_path: Path):
 
 
 def test_replicas_share_calls_survive_a_kill_and_rejoin(tmp_path):
-    with two_replicas(tmp_path) as (address, workers, ports, logs):
-        with grpc.insecure_channel(address) as channel:
-            stub = dcf_pb2_grpc.GatewayStub(channel)
-            # round_robin connects to every replica in the background: wait until both answer.
-            def warm() -> bool:
-                stub.Invoke(dcf_pb2.InvokeRequest(function="hello-dcf", input=b"warm up"))
-                return calls_in(logs[0]) > 0 and calls_in(logs[1]) > 0
+    with (
+        two_replicas(tmp_path) as (address, workers, ports, logs),
+        grpc.insecure_channel(address) as channel,
+    ):
+        stub = dcf_pb2_grpc.GatewayStub(channel)
 
-            wait_until(warm, "both replicas to take calls")
-            before = calls_in(logs[0]) + calls_in(logs[1])
-            for i in range(40):
-                assert stub.Invoke(dcf_pb2.InvokeRequest(function="hello-dcf", input=b"%d" % i)).output == b"%d" % i
-            wait_until(lambda: calls_in(logs[0]) + calls_in(logs[1]) >= before + 40, "the log lines")
-            assert calls_in(logs[0]) >= 5 and calls_in(logs[1]) >= 5, "round robin over both"
+        # round_robin connects to every replica in the background: wait until both answer.
+        def warm() -> bool:
+            stub.Invoke(dcf_pb2.InvokeRequest(function="hello-dcf", input=b"warm up"))
+            return calls_in(logs[0]) > 0 and calls_in(logs[1]) > 0
 
-            # Load from 8 threads; kill replica A in the middle of it.
-            outcomes: list[str] = []
-            lock = threading.Lock()
-            deadline = time.monotonic() + 3
+        wait_until(warm, "both replicas to take calls")
+        before = calls_in(logs[0]) + calls_in(logs[1])
+        for i in range(40):
+            assert (
+                stub.Invoke(dcf_pb2.InvokeRequest(function="hello-dcf", input=b"%d" % i)).output
+                == b"%d" % i
+            )
+        wait_until(lambda: calls_in(logs[0]) + calls_in(logs[1]) >= before + 40, "the log lines")
+        assert calls_in(logs[0]) >= 5 and calls_in(logs[1]) >= 5, "round robin over both"
 
-            def load() -> None:
-                while time.monotonic() < deadline:
-                    try:
-                        stub.Invoke(dcf_pb2.InvokeRequest(function="hello-dcf", input=b"x" * 1000), timeout=10)
-                        result = "OK"
-                    except grpc.RpcError as exc:
-                        result = exc.code().name
-                    with lock:
-                        outcomes.append(result)
+        # Load from 8 threads; kill replica A in the middle of it.
+        outcomes: list[str] = []
+        lock = threading.Lock()
+        deadline = time.monotonic() + 3
 
-            threads = [threading.Thread(target=load) for _ in range(8)]
-            for thread in threads:
-                thread.start()
-            wait_until(lambda: len(outcomes) >= 20, "the load to get going")
-            workers[0].kill()
-            for thread in threads:
-                thread.join(timeout=20)
-            assert not any(t.is_alive() for t in threads), "a call hung"
-            failures = [o for o in outcomes if o != "OK"]
-            # Replayable calls are retried on B; only calls A had started answering may fail.
-            assert set(failures) <= {"UNAVAILABLE"}
-            assert len(failures) <= 8, outcomes.count("OK")
-            assert outcomes.count("OK") > 50
+        def load() -> None:
+            while time.monotonic() < deadline:
+                try:
+                    stub.Invoke(
+                        dcf_pb2.InvokeRequest(function="hello-dcf", input=b"x" * 1000),
+                        timeout=10,
+                    )
+                    result = "OK"
+                except grpc.RpcError as exc:
+                    result = exc.code().name
+                with lock:
+                    outcomes.append(result)
 
-            # With A gone every call goes to B.
-            for _ in range(20):
-                stub.Invoke(dcf_pb2.InvokeRequest(function="hello-dcf", input=b"y"))
+        threads = [threading.Thread(target=load) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(outcomes) >= 20, "the load to get going")
+        workers[0].kill()
+        for thread in threads:
+            thread.join(timeout=20)
+        assert not any(t.is_alive() for t in threads), "a call hung"
+        failures = [o for o in outcomes if o != "OK"]
+        # Replayable calls are retried on B; only calls A had started answering may fail.
+        assert set(failures) <= {"UNAVAILABLE"}
+        assert len(failures) <= 8, outcomes.count("OK")
+        assert outcomes.count("OK") > 50
 
-            # A comes back on its port and takes traffic again.
-            before = calls_in(logs[0])
-            workers[0] = spawn(["worker", "hello-dcf", "--port", str(ports[0])], logs[0])
-            wait_serving(f"127.0.0.1:{ports[0]}", "dcf.v1.Worker")
-            end = time.monotonic() + 20
-            while calls_in(logs[0]) == before and time.monotonic() < end:
-                stub.Invoke(dcf_pb2.InvokeRequest(function="hello-dcf", input=b"z"))
-                time.sleep(0.05)
-            assert calls_in(logs[0]) > before
+        # With A gone every call goes to B.
+        for _ in range(20):
+            stub.Invoke(dcf_pb2.InvokeRequest(function="hello-dcf", input=b"y"))
+
+        # A comes back on its port and takes traffic again.
+        before = calls_in(logs[0])
+        workers[0] = spawn(["worker", "hello-dcf", "--port", str(ports[0])], logs[0])
+        wait_serving(f"127.0.0.1:{ports[0]}", "dcf.v1.Worker")
+        end = time.monotonic() + 20
+        while calls_in(logs[0]) == before and time.monotonic() < end:
+            stub.Invoke(dcf_pb2.InvokeRequest(function="hello-dcf", input=b"z"))
+            time.sleep(0.05)
+        assert calls_in(logs[0]) > before
 
 
 @pytest.fixture(scope="module")
@@ -150,10 +179,24 @@ def test_tls_gateway_with_mutual_tls_to_workers(tmp_path, certificates):
     ca = (certificates / "ca.pem").read_bytes()
     # Workers demand a client certificate: only the gateway, with its own, gets in.
     worker_port, gateway_port = free_port(), free_port()
-    worker = spawn(["worker", "hello-dcf", "--port", str(worker_port)], tmp_path / "w.log",
-                   {**env, "DCF_TLS_CLIENT_CA": str(certificates / "ca.pem")})
-    gateway = spawn(["gateway", "--port", str(gateway_port), "--metrics-port", "0",
-                     "--route", f"hello-dcf=127.0.0.1:{worker_port}"], tmp_path / "g.log", env)
+    worker = spawn(
+        ["worker", "hello-dcf", "--port", str(worker_port)],
+        tmp_path / "w.log",
+        {**env, "DCF_TLS_CLIENT_CA": str(certificates / "ca.pem")},
+    )
+    gateway = spawn(
+        [
+            "gateway",
+            "--port",
+            str(gateway_port),
+            "--metrics-port",
+            "0",
+            "--route",
+            f"hello-dcf=127.0.0.1:{worker_port}",
+        ],
+        tmp_path / "g.log",
+        env,
+    )
     address = f"127.0.0.1:{gateway_port}"
     try:
         credentials = grpc.ssl_channel_credentials(root_certificates=ca)
@@ -178,14 +221,28 @@ def test_tls_gateway_with_mutual_tls_to_workers(tmp_path, certificates):
                 )
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         # A client without a certificate cannot reach a worker directly.
-        with grpc.secure_channel(f"127.0.0.1:{worker_port}", credentials) as channel:
-            with pytest.raises(grpc.RpcError):
-                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        with (
+            grpc.secure_channel(f"127.0.0.1:{worker_port}", credentials) as channel,
+            pytest.raises(grpc.RpcError),
+        ):
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
 
         done = subprocess.run(
-            [sys.executable, "-m", "client", "call", "hello-dcf", "--address", address,
-             "--ca", str(certificates / "ca.pem")],
-            input=b"via the CLI", capture_output=True, cwd=ROOT, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "client",
+                "call",
+                "hello-dcf",
+                "--address",
+                address,
+                "--ca",
+                str(certificates / "ca.pem"),
+            ],
+            input=b"via the CLI",
+            capture_output=True,
+            cwd=ROOT,
+            timeout=60,
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout == b"via the CLI"
@@ -218,16 +275,34 @@ def test_tokens_guard_everything_but_health(guarded):
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert stub.Invoke(request, metadata=(("authorization", "Bearer beta"),)).output == b"t"
         health = health_pb2_grpc.HealthStub(channel)
-        assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+        assert (
+            health.Check(health_pb2.HealthCheckRequest()).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
 
     done = subprocess.run(
-        [sys.executable, "-m", "client", "call", "hello-dcf", "--address", guarded.address, "--token", "alpha"],
-        input=b"ok", capture_output=True, cwd=ROOT, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "client",
+            "call",
+            "hello-dcf",
+            "--address",
+            guarded.address,
+            "--token",
+            "alpha",
+        ],
+        input=b"ok",
+        capture_output=True,
+        cwd=ROOT,
+        timeout=60,
     )
     assert done.returncode == 0 and done.stdout == b"ok", done.stderr
     done = subprocess.run(
         [sys.executable, "-m", "client", "list", "--address", guarded.address],
-        capture_output=True, cwd=ROOT, timeout=60,
+        capture_output=True,
+        cwd=ROOT,
+        timeout=60,
     )
     assert done.returncode != 0 and done.stderr.startswith(b"error: UNAUTHENTICATED: ")
 
@@ -238,10 +313,15 @@ def test_metrics_move(dcf, stub):
     with pytest.raises(grpc.RpcError):
         stub.Invoke(dcf_pb2.InvokeRequest(function="echo-small", input=b"x" * (2 << 20)))
     after = dcf.metrics_text()
-    ok = dict(function="hello-dcf", code="OK")
-    assert metric(after, "dcf_requests_total", **ok) == metric(before, "dcf_requests_total", **ok) + 1
-    full = dict(function="echo-small", code="RESOURCE_EXHAUSTED")
-    assert metric(after, "dcf_requests_total", **full) == metric(before, "dcf_requests_total", **full) + 1
+    ok = {"function": "hello-dcf", "code": "OK"}
+    assert (
+        metric(after, "dcf_requests_total", **ok) == metric(before, "dcf_requests_total", **ok) + 1
+    )
+    full = {"function": "echo-small", "code": "RESOURCE_EXHAUSTED"}
+    assert (
+        metric(after, "dcf_requests_total", **full)
+        == metric(before, "dcf_requests_total", **full) + 1
+    )
     assert metric(after, "dcf_input_bytes_total", function="hello-dcf") >= 5
     assert metric(after, "dcf_output_bytes_total", function="hello-dcf") >= 5
     assert "dcf_request_duration_seconds_bucket" in after and "dcf_calls_in_flight" in after
@@ -255,7 +335,9 @@ def test_request_id_reaches_the_caller_and_the_worker_log(dcf, stub):
     assert ("x-request-id", "trace-me-42") in call.trailing_metadata()
     # Failures carry it too: that is when an id is wanted most.
     with pytest.raises(grpc.RpcError) as err:
-        stub.Invoke(dcf_pb2.InvokeRequest(function="no-such"), metadata=(("x-request-id", "lost-1"),))
+        stub.Invoke(
+            dcf_pb2.InvokeRequest(function="no-such"), metadata=(("x-request-id", "lost-1"),)
+        )
     assert ("x-request-id", "lost-1") in err.value.trailing_metadata()
 
     def lines() -> list[str]:
@@ -283,7 +365,9 @@ def test_sigterm_lets_a_streaming_call_finish(tmp_path):
 
             def run():
                 try:
-                    result["answer"] = collect_call(stub.Call(call_requests("hello-dcf", slow()), timeout=60))
+                    result["answer"] = collect_call(
+                        stub.Call(call_requests("hello-dcf", slow()), timeout=60)
+                    )
                 except grpc.RpcError as exc:
                     result["error"] = exc.code().name
 
@@ -303,16 +387,27 @@ def test_sigterm_lets_a_streaming_call_finish(tmp_path):
 def test_workers_exit_when_the_supervisor_is_killed(tmp_path):
     service = start_service(tmp_path)
     children = [
-        int(pid) for pid in Path(f"/proc/{service.process.pid}/task/{service.process.pid}/children")
-        .read_text().split()
+        int(pid)
+        for pid in Path(f"/proc/{service.process.pid}/task/{service.process.pid}/children")
+        .read_text()
+        .split()
     ]
     assert len(children) == len(service.document["functions"])
     service.process.kill()
     service.process.wait()
     deadline = time.monotonic() + 30
-    while any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
-              for pid in children) and time.monotonic() < deadline:
+    while (
+        any(
+            Path(f"/proc/{pid}").exists()
+            and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+            for pid in children
+        )
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.2)
-    left = [pid for pid in children if Path(f"/proc/{pid}").exists()
-            and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
+    left = [
+        pid
+        for pid in children
+        if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    ]
     assert not left, "orphaned workers kept running"

@@ -11,7 +11,7 @@ import concurrent.futures
 import json
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -86,14 +86,27 @@ def replicas(tmp_path_factory):
     worker_port, gateway_port = free_port(), free_port()
     worker = subprocess.Popen(
         [sys.executable, "-m", "server", "worker", "hello-dcf", "--port", str(worker_port)],
-        cwd=ROOT, stdout=(logs / "worker.log").open("wb"), stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        stdout=(logs / "worker.log").open("wb"),
+        stderr=subprocess.STDOUT,
     )
     gateway_log = logs / "gateway.log"
     gateway = subprocess.Popen(
-        [sys.executable, "-m", "server", "gateway", "--port", str(gateway_port),
-         "--metrics-port", "0",
-         "--route", f"hello-dcf=127.0.0.1:{worker_port},127.0.0.1:{stand_in.port}"],
-        cwd=ROOT, stdout=gateway_log.open("wb"), stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "gateway",
+            "--port",
+            str(gateway_port),
+            "--metrics-port",
+            "0",
+            "--route",
+            f"hello-dcf=127.0.0.1:{worker_port},127.0.0.1:{stand_in.port}",
+        ],
+        cwd=ROOT,
+        stdout=gateway_log.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     address = f"127.0.0.1:{gateway_port}"
     try:
@@ -134,18 +147,22 @@ def test_every_answer_is_the_whole_echo_or_a_failure(replicas, fault):
         jobs = [(name, chunks) for name, chunks in INPUTS.items() for _ in range(CALLS_PER_INPUT)]
         with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
             answers = pool.map(lambda job: (job[0], echo(stub, job[1])), jobs)
-            for (name, (code, body)), (_, chunks) in zip(answers, jobs):
+            for (name, (code, body)), (_, chunks) in zip(answers, jobs, strict=True):
                 outcomes[name, code] += 1
                 if code == "OK" and body != b"".join(chunks):
                     wrong.append(f"{name}: OK with {len(body)} of {sum(map(len, chunks))} bytes")
-    print(f"\n{fault}: {sum(outcomes.values())} calls, {dict(outcomes)}; "
-          f"stand-in failed {stand_in.calls[fault] - before}")
+    print(
+        f"\n{fault}: {sum(outcomes.values())} calls, {dict(outcomes)}; "
+        f"stand-in failed {stand_in.calls[fault] - before}"
+    )
     assert not wrong, wrong
-    assert stand_in.calls[fault] - before >= 10, "the stand-in was hardly called: nothing was tested"
+    assert stand_in.calls[fault] - before >= 10, (
+        "the stand-in was hardly called: nothing was tested"
+    )
     # Inputs the gateway can send again are retried; a retry fails only when round_robin
     # picks the stand-in again (about one in two of the calls it failed: 1 in 4 in all).
     replayable = [name for name in INPUTS if name != "past the limit"]
     succeeded = sum(outcomes[name, "OK"] for name in replayable)
     assert succeeded >= len(replayable) * CALLS_PER_INPUT // 2, outcomes
-    assert set(code for _, code in outcomes) <= {"OK", "UNAVAILABLE"}, outcomes
+    assert {code for _, code in outcomes} <= {"OK", "UNAVAILABLE"}, outcomes
     assert "retrying once" in gateway_log.read_text()

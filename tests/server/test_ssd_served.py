@@ -37,9 +37,15 @@ def test_invoke_finds_the_person(stub):
 
 def test_call_alias_base64_and_params_agree_with_invoke(stub):
     data = PHOTO.read_bytes()
-    direct = stub.Invoke(dcf_pb2.InvokeRequest(function="ssd", input=data, params={"threshold": "0.3"}))
-    chunks = [base64.b64encode(data)[i : i + 1000] for i in range(0, len(base64.b64encode(data)), 1000)]
-    content_type, body, _ = collect_call(stub.Call(call_requests("ssd-test", chunks, {"threshold": "0.3"})))
+    direct = stub.Invoke(
+        dcf_pb2.InvokeRequest(function="ssd", input=data, params={"threshold": "0.3"})
+    )
+    chunks = [
+        base64.b64encode(data)[i : i + 1000] for i in range(0, len(base64.b64encode(data)), 1000)
+    ]
+    content_type, body, _ = collect_call(
+        stub.Call(call_requests("ssd-test", chunks, {"threshold": "0.3"}))
+    )
     assert content_type == "application/json"
     assert json.loads(body) == json.loads(direct.output)
     assert all(d["confidence"] >= 0.3 for d in json.loads(body)["detections"])
@@ -54,8 +60,14 @@ def test_annotate_answers_a_png_of_the_same_size(stub):
 
 
 @pytest.mark.parametrize(
-    "data, params",
-    [(b"", {}), (b"not an image at all", {}), (None, {}), (b"x", {"threshold": "2"}), (b"x", {"colour": "red"})],
+    ("data", "params"),
+    [
+        (b"", {}),
+        (b"not an image at all", {}),
+        (None, {}),
+        (b"x", {"threshold": "2"}),
+        (b"x", {"colour": "red"}),
+    ],
     ids=["empty", "text", "truncated", "bad-threshold", "unknown-param"],
 )
 def test_bad_input_is_invalid_argument_and_the_worker_keeps_serving(stub, data, params):
@@ -65,13 +77,18 @@ def test_bad_input_is_invalid_argument_and_the_worker_keeps_serving(stub, data, 
         stub.Invoke(dcf_pb2.InvokeRequest(function="ssd", input=data, params=params))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "\n" not in err.value.details() and "Traceback" not in err.value.details()
-    assert json.loads(stub.Invoke(dcf_pb2.InvokeRequest(function="ssd", input=PHOTO.read_bytes())).output)
+    assert json.loads(
+        stub.Invoke(dcf_pb2.InvokeRequest(function="ssd", input=PHOTO.read_bytes())).output
+    )
 
 
 def test_worker_without_model_refuses_to_start_and_says_how(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "server", "worker", "ssd", "--port", "0"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "DCF_MODEL_DIR": str(tmp_path)},
     )
     assert done.returncode != 0

@@ -16,16 +16,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import grpc
 import pytest
 
 from protos.dcf.v1 import dcf_pb2
 from server.testing import Service, start_service
-from tests.support import ROOT, call_requests, collect_call
 from tests.media import make_video
+from tests.support import ROOT, call_requests, collect_call
 
 CHUNK = 64 * 1024
 
@@ -79,7 +79,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     }
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -137,7 +137,11 @@ def test_invoke_answers_one_document(gateway, clips):
     assert reply.content_type == "application/json"
     document = json.loads(reply.output)
     assert document == {
-        "width": 640, "height": 480, "fps": 25.0, "frames_read": 6, "frames": results[:-1],
+        "width": 640,
+        "height": 480,
+        "fps": 25.0,
+        "frames_read": 6,
+        "frames": results[:-1],
     }  # all 6 frames read: the video ended before a 4th frame to analyse
     assert [f["frame"] for f in document["frames"]] == [1, 3, 5]
 
@@ -148,14 +152,19 @@ def test_concurrent_calls_each_get_their_own_answer(gateway, clips):
     order = ["small", "vga", "small", "vga"]
     with concurrent.futures.ThreadPoolExecutor(len(order)) as pool:
         got = list(pool.map(lambda name: answer(gateway, clips[name])[1], order))
-    for name, results in zip(order, got):
+    for name, results in zip(order, got, strict=True):
         assert results == expected[name], name
 
 
 @pytest.mark.parametrize(
-    "data, params",
-    [(b"", {}), (b"not a video at all" * 100, {}), (None, {}), (b"x", {"stride": "0"}),
-     (b"x", {"fps": "5"})],
+    ("data", "params"),
+    [
+        (b"", {}),
+        (b"not a video at all" * 100, {}),
+        (None, {}),
+        (b"x", {"stride": "0"}),
+        (b"x", {"fps": "5"}),
+    ],
     ids=["empty", "text", "truncated", "bad-stride", "unknown-param"],
 )
 def test_bad_input_is_invalid_argument_and_leaves_nothing_behind(gateway, clips, data, params):
@@ -215,9 +224,21 @@ def test_the_client_prints_a_json_line_per_frame_as_it_arrives(service, clips, s
     clip.write_bytes(clips["long"])
     with clip.open("rb") as stdin:
         client = subprocess.Popen(
-            [sys.executable, "-m", "client", "--address", service.address,
-             "call", "ssd-video", "-p", "max_frames=60"],
-            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "client",
+                "--address",
+                service.address,
+                "call",
+                "ssd-video",
+                "-p",
+                "max_frames=60",
+            ],
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
         )
         lines, working_at_first_line = [], None
         for line in client.stdout:

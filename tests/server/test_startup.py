@@ -55,7 +55,9 @@ def starting(tmp_path_factory):
     launched = time.monotonic()
     process = subprocess.Popen(
         [sys.executable, "-m", "server", "--config", str(config), "--no-http"],
-        cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     port = document["server"]["port"]
     try:
@@ -90,7 +92,12 @@ def test_a_call_made_as_soon_as_the_port_accepts_is_answered(starting):
         wait_serving(f"127.0.0.1:{port}", "", timeout=60)
     text = log.read_text()
     serving = re.search(r"dcf gateway serving on 127\.0\.0\.1:\d+: (.*)", text)
-    assert serving and set(serving.group(1).split(", ")) >= {"hello-dcf", "ssd", "send-wav", "ssd-video"}
+    assert serving and set(serving.group(1).split(", ")) >= {
+        "hello-dcf",
+        "ssd",
+        "send-wav",
+        "ssd-video",
+    }
     # ssd's and ssd-video's workers each load the model before the gateway serves.
     assert text[: serving.start()].count("SSD model loaded") == 2, text
     assert "UNAVAILABLE" not in text
@@ -98,7 +105,7 @@ def test_a_call_made_as_soon_as_the_port_accepts_is_answered(starting):
 
 
 def test_calls_wait_for_a_worker_the_supervisor_restarts(starting):
-    process, port, log, _ = starting
+    _process, port, log, _ = starting
     wait_serving(f"127.0.0.1:{port}", "", timeout=120)
     pid = int(re.findall(r"worker ssd started \(pid (\d+)", log.read_text())[-1])
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

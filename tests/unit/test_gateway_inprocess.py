@@ -56,7 +56,9 @@ def test_echo_comes_back_byte_for_byte_in_chunks_of_the_servers_size():
             assert b"".join(pieces) == b"".join(chunks)
             assert all(0 < len(piece) <= CHUNK_BYTES for piece in pieces)
             assert await call(dcf, "echo-alias", [b"by ", b"its alias"]) == (
-                "text/plain", b"by its alias", []
+                "text/plain",
+                b"by its alias",
+                [],
             )
             assert await call(dcf, "echo", []) == ("text/plain", b"", [])
             reply = await dcf.stub.Invoke(
@@ -73,13 +75,16 @@ def test_partial_results_come_one_by_one_in_order_and_invoke_collects_them():
     async def scenario() -> None:
         async with in_process() as dcf:
             assert await call(dcf, "parts", [b"x"], {"count": "500"}) == (
-                "application/json", b"", expected
+                "application/json",
+                b"",
+                expected,
             )
             reply = await dcf.stub.Invoke(
                 dcf_pb2.InvokeRequest(function="parts", params={"count": "500"}), timeout=SECONDS
             )
             assert (reply.content_type, reply.output) == (
-                "application/json", b"[" + b",".join(expected) + b"]"
+                "application/json",
+                b"[" + b",".join(expected) + b"]",
             )
 
     asyncio.run(scenario())
@@ -132,12 +137,14 @@ def test_an_unknown_function_is_not_found_and_the_message_lists_the_known_ones()
         async with in_process() as dcf:
             refused = await refusal(dcf, "nope", [b"x"])
             assert (refused.code(), refused.details()) == (
-                grpc.StatusCode.NOT_FOUND, f"no function named 'nope' ({KNOWN})"
+                grpc.StatusCode.NOT_FOUND,
+                f"no function named 'nope' ({KNOWN})",
             )
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await dcf.stub.Invoke(dcf_pb2.InvokeRequest(function="nope"), timeout=SECONDS)
             assert (raised.value.code(), raised.value.details()) == (
-                grpc.StatusCode.NOT_FOUND, f"no function named 'nope' ({KNOWN})"
+                grpc.StatusCode.NOT_FOUND,
+                f"no function named 'nope' ({KNOWN})",
             )
 
     asyncio.run(scenario())
@@ -151,10 +158,8 @@ def chunk(data: bytes) -> dcf_pb2.CallRequest:
     return dcf_pb2.CallRequest(chunk=data)
 
 
-MALFORMED = {
-    "no header": (
-        [chunk(b"no header")], "the first message must be a header naming the function"
-    ),
+MALFORMED: dict[str, tuple[list[dcf_pb2.CallRequest | bytes], str]] = {
+    "no header": ([chunk(b"no header")], "the first message must be a header naming the function"),
     "nothing": ([], "empty stream: the first message must be a header"),
     "a header naming nothing": ([header("")], "the header names no function"),
     "a second header": (
@@ -168,6 +173,10 @@ MALFORMED = {
 }
 
 
+def _as_sent(request: dcf_pb2.CallRequest | bytes) -> bytes:
+    return request if isinstance(request, bytes) else request.SerializeToString()
+
+
 @pytest.mark.parametrize("case", MALFORMED)
 def test_a_malformed_stream_is_invalid_argument_with_its_reason(case):
     requests, message = MALFORMED[case]
@@ -177,13 +186,14 @@ def test_a_malformed_stream_is_invalid_argument_with_its_reason(case):
             # Bytes as they are, so that a message need not be a valid CallRequest.
             raw_call = dcf.channel.stream_stream(
                 "/dcf.v1.Gateway/Call",
-                request_serializer=lambda r: r if isinstance(r, bytes) else r.SerializeToString(),
+                request_serializer=_as_sent,
                 response_deserializer=dcf_pb2.CallResponse.FromString,
             )
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await collect_call_async(raw_call(iter(requests), timeout=SECONDS))
             assert (raised.value.code(), raised.value.details()) == (
-                grpc.StatusCode.INVALID_ARGUMENT, message
+                grpc.StatusCode.INVALID_ARGUMENT,
+                message,
             )
 
     asyncio.run(scenario())
@@ -244,7 +254,10 @@ def test_list_functions_names_the_servers_functions():
         async with in_process() as dcf:
             listed = await dcf.stub.ListFunctions(dcf_pb2.ListFunctionsRequest(), timeout=SECONDS)
             assert [(fn.name, list(fn.aliases)) for fn in listed.functions] == [
-                ("echo", ["echo-alias"]), ("raises", []), ("blocking", []), ("parts", []),
+                ("echo", ["echo-alias"]),
+                ("raises", []),
+                ("blocking", []),
+                ("parts", []),
             ]
 
     asyncio.run(scenario())

@@ -8,7 +8,7 @@ the input without it; for a one-chunk input the retry answered OK with nothing.
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -46,7 +46,9 @@ async def read_all(replay: ReplayableInput) -> list[bytes]:
     return [chunk async for chunk in replay.chunks()]
 
 
-async def abandoned_attempt(replay: ReplayableInput, caller: Caller, taken: int, turns: int) -> None:
+async def abandoned_attempt(
+    replay: ReplayableInput, caller: Caller, taken: int, turns: int
+) -> None:
     """An attempt that takes ``taken`` chunks, then is cancelled ``turns`` loop turns after
     the caller sends its next one."""
     got: list[bytes] = []
@@ -146,7 +148,7 @@ def test_an_error_of_the_input_reaches_every_attempt():
         replay = ReplayableInput(broken(), limit=1 << 20)
         for _ in range(2):
             got = []
-            with pytest.raises(TooLarge):
+            with pytest.raises(TooLarge):  # noqa: PT012 - raised by a read, after the first
                 async for chunk in replay.chunks():
                     got.append(chunk)
             assert got == [b"first"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -20,7 +20,13 @@ from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from server.config import Settings
 from server.upstream import UpstreamReader
 from tests.inprocess import (
-    CHUNK_BYTES, GRACE_SECONDS, WorkerHost, leaves_no_task, registry_entry, until, worker_host,
+    CHUNK_BYTES,
+    GRACE_SECONDS,
+    WorkerHost,
+    leaves_no_task,
+    registry_entry,
+    until,
+    worker_host,
 )
 from tests.inprocess_handlers import Probe
 from tests.support import call_requests
@@ -37,9 +43,12 @@ async def worker(
     probe = Probe()
     config = registry_entry(behaviour, behaviour, probe)
     settings = Settings(chunk_bytes=CHUNK_BYTES, grace_seconds=GRACE_SECONDS, functions=(config,))
-    async with leaves_no_task(), worker_host(settings, config) as host:
-        async with grpc.aio.insecure_channel(host.address) as channel:
-            yield dcf_pb2_grpc.WorkerStub(channel), host, probe
+    async with (
+        leaves_no_task(),
+        worker_host(settings, config) as host,
+        grpc.aio.insecure_channel(host.address) as channel,
+    ):
+        yield dcf_pb2_grpc.WorkerStub(channel), host, probe
 
 
 def started_reader(call: grpc.aio.StreamStreamCall) -> tuple[UpstreamReader, asyncio.Task[None]]:
@@ -103,7 +112,7 @@ def test_the_calls_error_is_raised_by_next():
             requests = call_requests("raises", [b"input"], {"error": "invalid"})
             call = stub.Call(requests, timeout=SECONDS)
             reader, task = started_reader(call)
-            with pytest.raises(grpc.aio.AioRpcError) as raised:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:  # noqa: PT012 - by some read
                 while (response := await asyncio.wait_for(reader.next(), SECONDS)) is not None:
                     # A worker still reading input announces its failure first (server/errors.py).
                     assert response.failure.code == "INVALID_ARGUMENT", response
@@ -120,7 +129,7 @@ def test_a_deadline_that_passes_while_the_worker_is_silent_is_raised_by_next():
         async with worker("blocking") as (stub, _host, probe):
             call = stub.Call(call_requests("blocking", [b"input"]), timeout=1.0)
             reader, task = started_reader(call)
-            with pytest.raises(grpc.aio.AioRpcError) as raised:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:  # noqa: PT012 - by some read
                 while (response := await asyncio.wait_for(reader.next(), SECONDS)) is not None:
                     # The header, if the worker was quick enough; then nothing: the answer is held.
                     assert response.header.content_type == "text/plain", response
