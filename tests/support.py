@@ -9,7 +9,13 @@ test names one module for all it needs, wherever the harness moves.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
+from pathlib import Path
+
+import yaml
 
 from protos.dcf.v1 import dcf_pb2
 from server.testing import (
@@ -32,7 +38,11 @@ __all__ = [
     "collect_call",
     "collect_call_async",
     "free_port",
+    "k8s_memory_limit",
+    "memory",
     "metric",
+    "reset_peak",
+    "spawn_server",
     "start_service",
     "wait_listening",
     "wait_serving",
@@ -70,3 +80,46 @@ async def collect_call_async(
 ) -> tuple[str, bytes, list[bytes]]:
     """``collect_call`` for a call made on an asyncio channel."""
     return collect_call([response async for response in responses])
+
+
+def spawn_server(
+    args: list[str], log: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``python -m server ARGS`` (one role: gateway, worker, http) with its output in ``log``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "server", *args],
+        cwd=ROOT,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def memory(pid: int) -> dict[str, int]:
+    """VmRSS (resident now) and VmHWM (the peak) of process ``pid``, in bytes."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) * 1024
+    return values
+
+
+def reset_peak(pid: int) -> bool:
+    """Start VmHWM afresh from VmRSS ("5" in clear_refs, Linux 4.0+); False if not allowed."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False  # the peak then also covers start-up, which only makes a test stricter
+    return True
+
+
+def k8s_memory_limit(manifest: str) -> int:
+    """The memory limit, in bytes, of the container of the Deployment in docker/k8s/``manifest``."""
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+    for document in yaml.safe_load_all((ROOT / "docker" / "k8s" / manifest).read_text()):
+        if document and document.get("kind") == "Deployment":
+            (container,) = document["spec"]["template"]["spec"]["containers"]
+            text = str(container["resources"]["limits"]["memory"])
+            return int(text[:-2]) * units[text[-2:]]
+    raise AssertionError(f"no Deployment in {manifest}")

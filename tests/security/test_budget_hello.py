@@ -16,16 +16,11 @@ import grpc
 
 from protos.dcf.v1 import dcf_pb2_grpc
 from tests.reliability import MB, rss, worker_pids
-from tests.support import call_requests, collect_call
+from tests.support import call_requests, collect_call, memory
 
 LIMIT = 256 * MB  # docker/k8s/40-hello-dcf.yaml
 CALLS = 16
 SIZE = 32 << 20
-
-
-def peak(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        return int(status.read().split("VmHWM:")[1].split()[0]) * 1024
 
 
 def test_sixteen_large_echoes_at_once_stay_bounded(dcf):
@@ -43,7 +38,7 @@ def test_sixteen_large_echoes_at_once_stay_bounded(dcf):
 
     with concurrent.futures.ThreadPoolExecutor(CALLS) as pool:
         assert all(pool.map(echo, range(CALLS)))
-    highest = peak(pid)
+    highest = memory(pid)["VmHWM"]
     deadline = time.monotonic() + 20
     while rss(pid) - baseline > 80 * MB and time.monotonic() < deadline:
         time.sleep(0.2)

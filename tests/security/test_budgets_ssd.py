@@ -30,13 +30,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from handlers.model_fetch import MODEL_FILES, MODEL_NAME, default_model_dir
 from server.testing import ROOT, Service, free_port, start_service, wait_serving
 from tests.media import make_video
-from tests.support import call_requests
+from tests.support import call_requests, k8s_memory_limit, memory, reset_peak
 
 MIB = 1 << 20
 CHUNK = 1 << 20
@@ -49,43 +48,11 @@ _STARTED = r"worker {name} started \(pid (\d+), port \d+\)"
 # --------------------------------------------------------------------------- helpers
 
 
-def k8s_memory_limit(manifest: str) -> int:
-    """The memory limit, in bytes, of the worker container in docker/k8s/``manifest``."""
-    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
-    for document in yaml.safe_load_all((ROOT / "docker" / "k8s" / manifest).read_text()):
-        if document and document.get("kind") == "Deployment":
-            (container,) = document["spec"]["template"]["spec"]["containers"]
-            text = str(container["resources"]["limits"]["memory"])
-            return int(text[:-2]) * units[text[-2:]]
-    raise AssertionError(f"no Deployment in {manifest}")
-
-
 def worker_pid(service: Service, name: str) -> int:
     """The pid of ``name``'s worker now: the last start the service logged."""
     found = re.findall(_STARTED.format(name=re.escape(name)), service.log.read_text())
     assert found, f"no start of worker {name} in the log"
     return int(found[-1])
-
-
-def memory(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of ``pid``, in bytes."""
-    values = {}
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(rest.split()[0]) * 1024
-    return values
-
-
-def reset_peak(pid: int) -> bool:
-    """Start VmHWM afresh from VmRSS (writing 5 to clear_refs); False if not allowed."""
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as refs:
-            refs.write("5")
-        return True
-    except OSError:
-        return False  # the peak then also covers start-up, which only makes the test stricter
 
 
 def wait_until(condition: Callable[[], object], what: str, timeout: float = 60.0) -> None:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,12 +24,12 @@ from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from tests import media
 from tests.reliability import worker_pids
 from tests.support import (
-    ROOT,
     Service,
     call_requests,
     collect_call,
     free_port,
     metric,
+    spawn_server,
     start_service,
     wait_serving,
 )
@@ -263,22 +261,9 @@ def test_malformed_messages_are_invalid_argument(guarded, method, streaming):
 def test_unavailable_names_the_function_but_not_where_its_workers_are(tmp_path):
     nowhere, port = free_port(), free_port()
     log = tmp_path / "gateway.log"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server",
-            "gateway",
-            "--port",
-            str(port),
-            "--metrics-port",
-            "0",
-            "--route",
-            f"hello-dcf=127.0.0.1:{nowhere}",
-        ],
-        cwd=ROOT,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
+    route = f"hello-dcf=127.0.0.1:{nowhere}"
+    process = spawn_server(
+        ["gateway", "--port", str(port), "--metrics-port", "0", "--route", route], log
     )
     try:
         wait_serving(f"127.0.0.1:{port}")

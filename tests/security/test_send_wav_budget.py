@@ -36,7 +36,7 @@ from scipy.io import wavfile
 from handlers import send_wav
 from handlers.base import Params, Request
 from server.testing import ROOT, Service, start_service
-from tests.support import call_requests, collect_call
+from tests.support import call_requests, collect_call, k8s_memory_limit, memory, reset_peak
 
 MIB = 1 << 20
 CHUNK = 1 << 20  # what the client sends at a time
@@ -101,19 +101,9 @@ def worker_pid(service: Service) -> int:
     return pid
 
 
-def memory(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of ``pid``, in bytes."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) * 1024
-    return values
-
-
-def reset_peak(pid: int) -> None:
-    """Start VmHWM again from the resident set now (Linux 4.0+, "5" in clear_refs)."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
+def restart_peak(pid: int) -> None:
+    """Start VmHWM again from the resident set now; this test needs it."""
+    assert reset_peak(pid), "cannot reset VmHWM (/proc/PID/clear_refs)"
     assert memory(pid)["VmHWM"] <= memory(pid)["VmRSS"] + 4 * MIB
 
 
@@ -192,7 +182,7 @@ def worker(service: Service) -> int:
 
 
 def test_a_picture_over_the_budget_is_refused_at_once_and_costs_nothing(service, worker, inputs):
-    reset_peak(worker)
+    restart_peak(worker)
     baseline = memory(worker)["VmRSS"]
     with pytest.raises(grpc.RpcError) as caught:
         served(service, inputs["short"], {"width": "8192", "height": "8192"})
@@ -212,7 +202,7 @@ def test_worst_legal_calls_at_once_stay_within_the_stated_budget(service, worker
         (inputs["short"], LABELLED_PARAMS),
         (inputs["long"], {}),
     ]
-    reset_peak(worker)
+    restart_peak(worker)
     baseline = memory(worker)["VmRSS"]
     answers = at_once(jobs, service)
     peak = memory(worker)["VmHWM"] - baseline
@@ -236,7 +226,7 @@ def test_worst_legal_calls_at_once_stay_within_the_stated_budget(service, worker
 def test_a_long_input_costs_what_a_short_one_does(service, worker, inputs):
     """100 MB of WAV is read, transformed and pooled a block at a time: the default
     picture's worst case holds for it (it once cost +862 MB)."""
-    reset_peak(worker)
+    restart_peak(worker)
     baseline = memory(worker)["VmRSS"]
     served(service, inputs["long"], {})
     peak = memory(worker)["VmHWM"] - baseline
@@ -256,14 +246,3 @@ def test_every_call_in_flight_fits_the_deployment_limit(service, worker):
         f"{concurrency} calls at {send_wav.worst_case_bytes(side, side) / MIB:.0f} MiB need "
         f"{need / MIB:.0f} MiB"
     )
-
-
-def k8s_memory_limit(manifest: str) -> int:
-    """The memory limit, in bytes, of the container in docker/k8s/``manifest``."""
-    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
-    for document in yaml.safe_load_all((ROOT / "docker" / "k8s" / manifest).read_text()):
-        if document and document.get("kind") == "Deployment":
-            (container,) = document["spec"]["template"]["spec"]["containers"]
-            text = str(container["resources"]["limits"]["memory"])
-            return int(text[:-2]) * units[text[-2:]]
-    raise AssertionError(f"no Deployment in {manifest}")

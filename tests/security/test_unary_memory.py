@@ -12,24 +12,18 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import time
-from pathlib import Path
 
 import grpc
 import pytest
 
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from tests.reliability import MB, rss
-from tests.support import start_service
+from tests.support import memory, start_service
 
 # What the gateway may hold at the peak of the eight calls, and keep after them.
 PEAK_LIMIT = 1200 * MB
 KEPT_LIMIT = 120 * MB
 BIG = 64 << 20
-
-
-def peak(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(status.split("VmHWM:")[1].split()[0]) * 1024
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +69,7 @@ def test_eight_64_mib_invokes_at_once_are_bounded_and_given_back(gateway):
     deadline = time.monotonic() + 20
     while rss(pid) - baseline > KEPT_LIMIT and time.monotonic() < deadline:
         time.sleep(0.2)
-    kept, highest = rss(pid) - baseline, peak(pid)
+    kept, highest = rss(pid) - baseline, memory(pid)["VmHWM"]
     print(
         f"gateway RSS: baseline {baseline // MB} MB, peak {highest // MB} MB, kept {kept // MB} MB"
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -22,19 +21,10 @@ from tests.support import (
     collect_call,
     free_port,
     metric,
+    spawn_server,
     start_service,
     wait_serving,
 )
-
-
-def spawn(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "server", *args],
-        cwd=ROOT,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def stop(*processes: subprocess.Popen) -> None:
@@ -61,12 +51,12 @@ def two_replicas(tmp_path: Path):
     ports = [free_port(), free_port()]
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     workers = [
-        spawn(["worker", "hello-dcf", "--port", str(p)], log)
+        spawn_server(["worker", "hello-dcf", "--port", str(p)], log)
         for p, log in zip(ports, logs, strict=True)
     ]
     gateway_port = free_port()
     route = ",".join(f"127.0.0.1:{p}" for p in ports)
-    gateway = spawn(
+    gateway = spawn_server(
         [
             "gateway",
             "--port",
@@ -147,7 +137,7 @@ def test_replicas_share_calls_survive_a_kill_and_rejoin(tmp_path):
 
         # A comes back on its port and takes traffic again.
         before = calls_in(logs[0])
-        workers[0] = spawn(["worker", "hello-dcf", "--port", str(ports[0])], logs[0])
+        workers[0] = spawn_server(["worker", "hello-dcf", "--port", str(ports[0])], logs[0])
         wait_serving(f"127.0.0.1:{ports[0]}", "dcf.v1.Worker")
         end = time.monotonic() + 20
         while calls_in(logs[0]) == before and time.monotonic() < end:
@@ -179,12 +169,12 @@ def test_tls_gateway_with_mutual_tls_to_workers(tmp_path, certificates):
     ca = (certificates / "ca.pem").read_bytes()
     # Workers demand a client certificate: only the gateway, with its own, gets in.
     worker_port, gateway_port = free_port(), free_port()
-    worker = spawn(
+    worker = spawn_server(
         ["worker", "hello-dcf", "--port", str(worker_port)],
         tmp_path / "w.log",
         {**env, "DCF_TLS_CLIENT_CA": str(certificates / "ca.pem")},
     )
-    gateway = spawn(
+    gateway = spawn_server(
         [
             "gateway",
             "--port",

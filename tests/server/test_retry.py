@@ -15,7 +15,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import subprocess
-import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
-from tests.support import ROOT, call_requests, collect_call, free_port, wait_serving
+from tests.support import call_requests, collect_call, free_port, spawn_server, wait_serving
 
 FAULTS = ("before reading", "after the header", "after one chunk", "after the half-close")
 KiB = 1 << 10
@@ -84,29 +83,12 @@ def replicas(tmp_path_factory):
     stand_in = StandIn()
     stand_in.server.start()
     worker_port, gateway_port = free_port(), free_port()
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "server", "worker", "hello-dcf", "--port", str(worker_port)],
-        cwd=ROOT,
-        stdout=(logs / "worker.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    worker = spawn_server(["worker", "hello-dcf", "--port", str(worker_port)], logs / "worker.log")
     gateway_log = logs / "gateway.log"
-    gateway = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server",
-            "gateway",
-            "--port",
-            str(gateway_port),
-            "--metrics-port",
-            "0",
-            "--route",
-            f"hello-dcf=127.0.0.1:{worker_port},127.0.0.1:{stand_in.port}",
-        ],
-        cwd=ROOT,
-        stdout=gateway_log.open("wb"),
-        stderr=subprocess.STDOUT,
+    route = f"hello-dcf=127.0.0.1:{worker_port},127.0.0.1:{stand_in.port}"
+    gateway = spawn_server(
+        ["gateway", "--port", str(gateway_port), "--metrics-port", "0", "--route", route],
+        gateway_log,
     )
     address = f"127.0.0.1:{gateway_port}"
     try:
