@@ -28,7 +28,6 @@ Choices, and why:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import io
 import json
@@ -84,31 +83,6 @@ def positive_int_option(
     if number < 1:
         raise ValueError(f"{owner} option {name}: expected >= 1, got {number}")
     return number
-
-
-# glibc's mallopt parameter: allocations of at least this size are served by mmap.
-_M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 1 << 20
-
-
-def give_back_large_blocks(threshold: int = MMAP_THRESHOLD) -> bool:
-    """Have glibc serve every allocation of ``threshold`` bytes or more with mmap.
-
-    Why: glibc raises its mmap threshold each time it frees a large block (up to 32
-    MiB), and from then on blocks of that size come from per-thread arenas, where
-    freed memory stays resident. Pillow keeps pictures in 16 MiB blocks, so a worker
-    whose 16 threads had each decoded a 16-megapixel picture stayed 500 MiB over its
-    baseline, and peaked above the sum of what its calls held at once. With a fixed
-    threshold, pixels, frames and 1 MiB chunks are mapped and unmapped, and resident
-    memory follows what the calls hold. Process-wide; called once by the functions
-    that decode pictures, in their own worker. False where there is no glibc (musl,
-    macOS): nothing to tune there.
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (AttributeError, OSError):
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
 
 
 def compact_json(value: Any) -> bytes:

@@ -41,8 +41,6 @@ against it before any input is read, and 100 MB of WAV costs what 1 MB does.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import math
 import os
 import struct
@@ -57,6 +55,7 @@ import scipy.fft
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image, ImageDraw, ImageFont
 
+from handlers import memory
 from handlers.base import Function, InvalidInput, Params, Reply, Request, TooLarge
 from handlers.wav import open_wav
 
@@ -171,7 +170,6 @@ def create(options: Mapping[str, Any]) -> Function:
     )
     palettes: dict[str, bytes] = {}
     lettering = Lettering()
-    trim_heap = heap_trimmer()
 
     def palette(name: str) -> bytes:
         cached = palettes.get(name)
@@ -190,8 +188,8 @@ def create(options: Mapping[str, Any]) -> Function:
             settings.width * settings.height >= TRIM_AFTER_PIXELS
             or input_bytes >= TRIM_AFTER_INPUT_BYTES
         )
-        if large and trim_heap is not None:
-            return Reply(content_type="image/png", parts=_then(parts, trim_heap))
+        if large:
+            return Reply(content_type="image/png", parts=_then(parts, memory.trim_heap))
         return Reply(content_type="image/png", parts=parts)
 
     def close() -> None:
@@ -234,24 +232,6 @@ def _then(parts: list[bytes], after: Callable[[], Any]) -> Iterator[bytes]:
 def worst_case_bytes(width: int, height: int) -> int:
     """The most memory one call for a width x height picture holds, any input, any params."""
     return BYTES_PER_PIXEL * width * height + WINDOW_BYTES
-
-
-def heap_trimmer() -> Callable[[], int] | None:
-    """glibc's ``malloc_trim(0)``, or None where there is none (musl, macOS).
-
-    glibc keeps freed blocks in its arenas (one per thread) rather than handing them
-    back, and the size from which it maps blocks apart grows, up to 32 MiB, as large
-    blocks are freed: measured, a worker that drew four 8192 x 2048 pictures stayed
-    85 MiB above its baseline, and one that read two 100 MB WAVs 35 MiB. Trimming
-    after such calls costs well under a millisecond.
-    """
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return lambda: trim(0)
 
 
 def build_palette(name: str) -> bytes:

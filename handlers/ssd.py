@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from handlers import detection_params
+from handlers import detection_params, memory
 from handlers.base import Function, Reply, Request
 
 PARAMS: Mapping[str, str] = {
@@ -90,9 +90,9 @@ def create(options: Mapping[str, Any]) -> Function:
             f"{-(-costliest // images.MIB)}: one call at max_pixels ({max_pixels}) may hold that"
         )
     budget = images.MemoryBudget(memory_mib * images.MIB)
+    memory.map_large_blocks()  # pictures and frames mapped and unmapped: handlers/memory.py
     reduce_to = detector.INPUT_SIZE if _bool(options, "jpeg_draft", True) else None
     model = detector.Detector.from_options(options, "ssd")
-    detector.give_back_large_blocks()
 
     def handle(request: Request) -> Reply:
         params = request.params

@@ -98,7 +98,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from handlers import detection_params
+from handlers import detection_params, memory
 from handlers.base import Function, InvalidInput, Params, Reply, Request, TooLarge
 
 log = logging.getLogger(__name__)
@@ -154,8 +154,8 @@ def create(options: Mapping[str, Any]) -> Function:
     spool_dir.mkdir(parents=True, exist_ok=True)
     sweep_spool(spool_dir)
     _restrict_ffmpeg()
+    memory.map_large_blocks()  # pictures and frames mapped and unmapped: handlers/memory.py
     model = detector.Detector.from_options(options, "ssd-video")
-    detector.give_back_large_blocks()
     # One thread per interpreter: more could only wait for one.
     inference = concurrent.futures.ThreadPoolExecutor(
         max_workers=model.size, thread_name_prefix="ssd-video-infer"

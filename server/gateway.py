@@ -26,7 +26,7 @@ from server.admission import Admission, ByteBudget
 from server.callinfo import REQUEST_ID, loggable, request_id_of
 from server.config import FunctionConfig, Settings
 from server.grpc_server import decode
-from server.memory import TRIM_AFTER_BYTES, give_back
+from server.memory import give_back_after
 from server.metrics import Metrics
 from server.pace import paced
 from server.replay import ReplayableInput
@@ -229,7 +229,7 @@ class Gateway:
             return content_type, b"".join(body)
         finally:
             self._unary.give(held)
-            _give_back_after(context, held)
+            give_back_after(context, held)
 
     @contextlib.contextmanager
     def unary_request(self, raw: bytes, context: grpc.aio.ServicerContext) -> Iterator[None]:
@@ -247,7 +247,7 @@ class Gateway:
             yield
         finally:
             self._unary.give(len(raw))
-            _give_back_after(context, len(raw))
+            give_back_after(context, len(raw))
 
     async def relay(
         self,
@@ -458,13 +458,6 @@ def function_info(fn: FunctionConfig) -> dcf_pb2.FunctionInfo:
 def _waiting_in(admission: Admission) -> Callable[[], float]:
     """The queue-depth gauge's reading: the calls waiting in ``admission`` now."""
     return lambda: admission.waiting
-
-
-def _give_back_after(context: grpc.aio.ServicerContext, held: int) -> None:
-    """Trim memory once the call is over, when gRPC has let go of its messages too."""
-    if held >= TRIM_AFTER_BYTES:
-        # types-grpcio declares the callback as a class (_DoneCallback), not a callable.
-        context.add_done_callback(lambda _call: give_back(held))  # type: ignore[arg-type]
 
 
 def _input_error(upstream: asyncio.Task[None]) -> BaseException | None:

@@ -11,33 +11,26 @@ Both cost a walk of memory, so they run only after such calls.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import gc
-import logging
 
-log = logging.getLogger(__name__)
+import grpc
+
+from handlers.memory import trim_heap
 
 # A call that held at least this many bytes is followed by a trim.
 TRIM_AFTER_BYTES = 4 << 20
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
 
 
 def give_back(held_bytes: int) -> None:
     """Return freed memory to the system if a call held ``held_bytes`` (glibc only)."""
     if held_bytes < TRIM_AFTER_BYTES:
         return
-    libc = _libc()
-    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
     gc.collect()
-    if trim is not None:
-        trim(0)
+    trim_heap()
+
+
+def give_back_after(context: grpc.aio.ServicerContext, held: int) -> None:
+    """Trim memory once the call is over, when gRPC has let go of its messages too."""
+    if held >= TRIM_AFTER_BYTES:
+        # types-grpcio declares the callback as a class (_DoneCallback), not a callable.
+        context.add_done_callback(lambda _call: give_back(held))  # type: ignore[arg-type]

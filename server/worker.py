@@ -36,6 +36,7 @@ from server.admission import Admission
 from server.bridge import HandlerRun, Header
 from server.callinfo import loggable, request_id_of
 from server.config import FunctionConfig, Settings
+from server.memory import give_back_after
 from server.received import Received
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
         finally:
             if received is not None:
                 received.close()
+            give_back_after(context, ended.bytes_out)
             log.info(
                 "call %s %s %s %.1f ms",
                 request_id_of(context.invocation_metadata()),
@@ -184,8 +186,10 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
                         )
                     )
                 elif partial:
+                    ended.bytes_out += len(item)
                     yield dcf_pb2.CallResponse(result=bytes(item))
                 else:
+                    ended.bytes_out += len(item)
                     for piece in stream.split(item, self._chunk_bytes):
                         yield dcf_pb2.CallResponse(chunk=bytes(piece))
             ended.outcome = "OK"
@@ -233,6 +237,7 @@ class _Ended:
     """How a call ended, for its log line: CANCELLED unless something else is known."""
 
     outcome: str = "CANCELLED"
+    bytes_out: int = 0
 
 
 def _log_thread_error(future: asyncio.Future[None]) -> None:
