@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from handlers.base import NotFound
+
 DEFAULT_CONFIG = Path(__file__).with_name("functions.yaml")
 
 MiB = 1 << 20
@@ -199,6 +201,15 @@ class Settings:
             if fn.name == name or name in fn.aliases:
                 return fn
         return None
+
+    def resolve(self, name: str) -> FunctionConfig:
+        """The registry entry for ``name``; NotFound naming the known functions if none."""
+        fn = self.function(name)
+        if fn is None:
+            known = ", ".join(f.name for f in self.functions)
+            shown = repr(name[:100]) + ("..." if len(name) > 100 else "")
+            raise NotFound(f"no function named {shown} (known: {known})")
+        return fn
 
     def with_routes(self, routes: Mapping[str, tuple[str, ...]]) -> Settings:
         """Point functions at other workers, as --route NAME=HOST:PORT[,HOST:PORT] does."""

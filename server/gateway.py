@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
 import grpc
 
-from handlers.base import DeadlineExceeded, InvalidInput, NotFound, Overloaded, TooLarge
+from handlers.base import DeadlineExceeded, InvalidInput, Overloaded, TooLarge
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from server import errors, stream
 from server.admission import Admission, ByteBudget
@@ -100,11 +100,7 @@ class Gateway:
         return sum(a.running + a.waiting for a in self._admissions.values())
 
     def resolve(self, name: str) -> FunctionConfig:
-        fn = self.settings.function(name)
-        if fn is None:
-            known = ", ".join(f.name for f in self.settings.functions)
-            raise NotFound(f"no function named {name!r} (known: {known})")
-        return fn
+        return self.settings.resolve(name)
 
     @contextlib.asynccontextmanager
     async def admit(self, fn: FunctionConfig, deadline: Deadline) -> AsyncIterator[None]:

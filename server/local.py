@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 
-from handlers.base import NotFound, Reply, Request, TooLarge
+from handlers.base import Reply, Request, TooLarge
 from server.config import Settings
 from server.stream import check_params
 from server.worker import load_function
@@ -28,10 +28,7 @@ def run_local(
     settings: Settings, name: str, params: Mapping[str, str], chunks: Iterable[bytes]
 ) -> Reply:
     """The function's reply for ``chunks``; raises FunctionError as a worker would."""
-    config = settings.function(name)
-    if config is None:
-        known = ", ".join(fn.name for fn in settings.functions)
-        raise NotFound(f"no function named {name!r} (known: {known})")
+    config = settings.resolve(name)
     function = load_function(config)
     checked = check_params(config.name, params, function.params)
     return function.handle(Request(checked, _limited(chunks, config.name, config.max_input_bytes)))

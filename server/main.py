@@ -165,7 +165,7 @@ async def run_worker(
 ) -> int:
     try:
         servicer, config = worker_servicer(settings, name)
-    except (FunctionError, LookupError) as exc:
+    except FunctionError as exc:
         log.error("worker %s cannot start: %s", name, exc)
         return 2
     if port is None:

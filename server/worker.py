@@ -247,10 +247,7 @@ def _log_thread_error(future: asyncio.Future[None]) -> None:
 
 def worker_servicer(settings: Settings, name: str) -> tuple[WorkerServicer, FunctionConfig]:
     """Load the function called ``name`` and wrap it in a servicer."""
-    config = settings.function(name)
-    if config is None:
-        known = ", ".join(fn.name for fn in settings.functions)
-        raise LookupError(f"no function {name!r} in the registry (known: {known})")
+    config = settings.resolve(name)
     function = load_function(config)
     concurrency = config.max_concurrency or DEFAULT_CONCURRENCY
     servicer = WorkerServicer(
