@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from handlers.base import InvalidInput
+from server.address import join
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ async def serve(
         ],
         server,
     )
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    address = join(host, port)
     if credentials is None:
         bound = server.add_insecure_port(address)
     else:

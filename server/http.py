@@ -63,6 +63,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
 
 from protos.dcf.v1 import dcf_pb2_grpc
+from server.address import bracketed, loopback
 from server.config import ConfigError
 from server.http_api import (
     ALL_METHODS,
@@ -231,8 +232,8 @@ def _origin(value: str) -> tuple[str, str, int] | None:
 def _origin_text(origin: tuple[str, str, int]) -> str:
     """An origin as a browser writes it in its Origin header."""
     scheme, host, port = origin
-    host = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{host}" if port == DEFAULT_PORTS[scheme] else f"{scheme}://{host}:{port}"
+    shown = bracketed(host)
+    return f"{scheme}://{shown}" if port == DEFAULT_PORTS[scheme] else f"{scheme}://{shown}:{port}"
 
 
 @dataclass(frozen=True)
@@ -959,7 +960,7 @@ async def run_http(
         return 2
     bound = sock.getsockname()[1]
     scheme = "https" if tls_cert else "http"
-    shown = f"[{host}]" if ":" in host else host
+    shown = bracketed(host)
     cap, open_files = connection_cap(options.max_connections)
     log.info(
         "HTTP front on %s://%s:%d/ (gateway %s; at most %d connections%s; head within %g s, "
@@ -1004,13 +1005,6 @@ def gateway_credentials(ca: str, cert: str = "", key: str = "") -> grpc.ChannelC
     if cert and key:
         pair = {"private_key": Path(key).read_bytes(), "certificate_chain": Path(cert).read_bytes()}
     return grpc.ssl_channel_credentials(root_certificates=Path(ca).read_bytes(), **pair)
-
-
-def loopback(host: str, port: int) -> str:
-    """An address for reaching a server bound to ``host:port`` from this machine."""
-    if host in ("", "0.0.0.0", "::", "[::]"):
-        host = "127.0.0.1"
-    return f"[{host.strip('[]')}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # Room for a message's framing beside its payload, as the gateway allows.

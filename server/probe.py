@@ -36,7 +36,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-WILDCARDS = {"", "0.0.0.0", "::", "[::]"}
+from server.address import loopback, split
 
 
 class ProbeError(Exception):
@@ -66,7 +66,7 @@ def check_grpc(address: str, service: str = "", timeout: float = 3.0) -> tuple[b
 
 def check_tls(address: str, timeout: float = 3.0) -> tuple[bool, str]:
     """Whether ``address`` completes a TLS handshake (ALPN h2); identity is not checked."""
-    host, port = _split(address)
+    host, port = _split_port(address)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # liveness on loopback, not who the peer is
@@ -83,7 +83,7 @@ def check_tls(address: str, timeout: float = 3.0) -> tuple[bool, str]:
 
 def check_http(address: str, tls: bool = False, timeout: float = 3.0) -> tuple[bool, str]:
     """Whether ``GET /`` at ``address`` answers below 500 (certificate not checked)."""
-    host, port = _split(address)
+    host, port = _split_port(address)
     connection: http.client.HTTPConnection
     if tls:
         context = ssl.create_default_context()
@@ -100,18 +100,6 @@ def check_http(address: str, tls: bool = False, timeout: float = 3.0) -> tuple[b
     finally:
         connection.close()
     return status < 500, f"HTTP {status}"
-
-
-def _split(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def _loopback(host: str | None) -> str:
-    """The address to reach a server listening on ``host`` from inside its container."""
-    if host is None or host in WILDCARDS:
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def target_of(argv: Sequence[str], environ: Mapping[str, str]) -> Target:
@@ -138,7 +126,7 @@ def target_of(argv: Sequence[str], environ: Mapping[str, str]) -> Target:
     except ConfigError as exc:
         raise ProbeError(str(exc)) from None
     if role == "http":
-        address = f"{_loopback(settings.host)}:{port or settings.http_port}"
+        address = loopback(settings.host, port or settings.http_port)
         return Target(address, "https" if settings.tls_cert else "http")
     if role == "worker":
         function = settings.function(args.function)
@@ -148,7 +136,7 @@ def target_of(argv: Sequence[str], environ: Mapping[str, str]) -> Target:
         port = settings.port
     if port is None:
         raise ProbeError(f"no port for the {role or 'embedded'} role")
-    address = f"{_loopback(settings.host)}:{port}"
+    address = loopback(settings.host, port)
     return Target(address, "tls" if settings.tls_cert else "grpc")
 
 
@@ -207,3 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _split_port(address: str) -> tuple[str, int]:
+    host, port = split(address)
+    return host, int(port)

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import grpc
 
 from protos.dcf.v1 import dcf_pb2_grpc
+from server.address import split
 from server.config import FunctionConfig
 from server.grpc_server import message_options
 
@@ -36,7 +37,7 @@ def channel_target(addresses: Iterable[str]) -> str:
             if "://" in address or address.startswith(("ipv4:", "ipv6:", "unix:"))
             else f"dns:///{address}"
         )
-    hosts = [a.rsplit(":", 1)[0].strip("[]") for a in addresses]
+    hosts = [split(a)[0] for a in addresses]
     try:
         versions = {ipaddress.ip_address(h).version for h in hosts}
     except ValueError:

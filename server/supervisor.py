@@ -15,6 +15,8 @@ import signal
 import sys
 from dataclasses import dataclass, field
 
+from server.address import split
+
 log = logging.getLogger(__name__)
 
 # A worker whose restart comes within this many seconds counts as starting: calls wait
@@ -37,7 +39,7 @@ class WorkerProcess:
 
 def local_port(address: str) -> int | None:
     """The port of a worker address this machine should serve, or None if it is remote."""
-    host, _, port = address.rpartition(":")
+    host, port = split(address)
     if host in LOCAL_HOSTS and port.isdigit():
         return int(port)
     return None
