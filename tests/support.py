@@ -42,6 +42,7 @@ __all__ = [
     "memory",
     "metric",
     "reset_peak",
+    "spawn_gateway",
     "spawn_server",
     "start_service",
     "wait_listening",
@@ -123,3 +124,12 @@ def k8s_memory_limit(manifest: str) -> int:
             text = str(container["resources"]["limits"]["memory"])
             return int(text[:-2]) * units[text[-2:]]
     raise AssertionError(f"no Deployment in {manifest}")
+
+
+def spawn_gateway(
+    port: int, route: str, log: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """The gateway role alone on ``port``, its one function routed by ``route``
+    ('NAME=HOST:PORT[,HOST:PORT]'), with its metrics on a free port."""
+    args = ["gateway", "--port", str(port), "--metrics-port", "0", "--route", route]
+    return spawn_server(args, log, env)

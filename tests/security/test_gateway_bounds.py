@@ -29,7 +29,7 @@ from tests.support import (
     collect_call,
     free_port,
     metric,
-    spawn_server,
+    spawn_gateway,
     start_service,
     wait_serving,
 )
@@ -261,10 +261,7 @@ def test_malformed_messages_are_invalid_argument(guarded, method, streaming):
 def test_unavailable_names_the_function_but_not_where_its_workers_are(tmp_path):
     nowhere, port = free_port(), free_port()
     log = tmp_path / "gateway.log"
-    route = f"hello-dcf=127.0.0.1:{nowhere}"
-    process = spawn_server(
-        ["gateway", "--port", str(port), "--metrics-port", "0", "--route", route], log
-    )
+    process = spawn_gateway(port, f"hello-dcf=127.0.0.1:{nowhere}", log)
     try:
         wait_serving(f"127.0.0.1:{port}")
         with (

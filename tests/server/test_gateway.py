@@ -14,7 +14,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
-from tests.support import ROOT, call_requests, collect_call, free_port, wait_serving
+from tests.support import (
+    call_requests,
+    collect_call,
+    free_port,
+    spawn_gateway,
+    spawn_server,
+    wait_serving,
+)
 
 MiB = 1 << 20
 
@@ -188,28 +195,11 @@ def test_health_and_reflection(dcf):
 def test_killed_worker_gives_unavailable_and_gateway_stays_up(tmp_path):
     """A gateway routed to a worker we own: kill it mid-call and after."""
     worker_port, gateway_port = free_port(), free_port()
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "server", "worker", "hello-dcf", "--port", str(worker_port)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    worker = spawn_server(
+        ["worker", "hello-dcf", "--port", str(worker_port)], tmp_path / "worker.log"
     )
-    gateway = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server",
-            "gateway",
-            "--port",
-            str(gateway_port),
-            "--metrics-port",
-            "0",
-            "--route",
-            f"hello-dcf=127.0.0.1:{worker_port}",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    gateway = spawn_gateway(
+        gateway_port, f"hello-dcf=127.0.0.1:{worker_port}", tmp_path / "gateway.log"
     )
     address = f"127.0.0.1:{gateway_port}"
     try:

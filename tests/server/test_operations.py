@@ -21,6 +21,7 @@ from tests.support import (
     collect_call,
     free_port,
     metric,
+    spawn_gateway,
     spawn_server,
     start_service,
     wait_serving,
@@ -56,18 +57,7 @@ def two_replicas(tmp_path: Path):
     ]
     gateway_port = free_port()
     route = ",".join(f"127.0.0.1:{p}" for p in ports)
-    gateway = spawn_server(
-        [
-            "gateway",
-            "--port",
-            str(gateway_port),
-            "--metrics-port",
-            "0",
-            "--route",
-            f"hello-dcf={route}",
-        ],
-        tmp_path / "gateway.log",
-    )
+    gateway = spawn_gateway(gateway_port, f"hello-dcf={route}", tmp_path / "gateway.log")
     try:
         for port in ports:
             wait_serving(f"127.0.0.1:{port}", "dcf.v1.Worker")
@@ -174,18 +164,8 @@ def test_tls_gateway_with_mutual_tls_to_workers(tmp_path, certificates):
         tmp_path / "w.log",
         {**env, "DCF_TLS_CLIENT_CA": str(certificates / "ca.pem")},
     )
-    gateway = spawn_server(
-        [
-            "gateway",
-            "--port",
-            str(gateway_port),
-            "--metrics-port",
-            "0",
-            "--route",
-            f"hello-dcf=127.0.0.1:{worker_port}",
-        ],
-        tmp_path / "g.log",
-        env,
+    gateway = spawn_gateway(
+        gateway_port, f"hello-dcf=127.0.0.1:{worker_port}", tmp_path / "g.log", env
     )
     address = f"127.0.0.1:{gateway_port}"
     try:

@@ -24,7 +24,14 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
-from tests.support import call_requests, collect_call, free_port, spawn_server, wait_serving
+from tests.support import (
+    call_requests,
+    collect_call,
+    free_port,
+    spawn_gateway,
+    spawn_server,
+    wait_serving,
+)
 
 FAULTS = ("before reading", "after the header", "after one chunk", "after the half-close")
 KiB = 1 << 10
@@ -86,10 +93,7 @@ def replicas(tmp_path_factory):
     worker = spawn_server(["worker", "hello-dcf", "--port", str(worker_port)], logs / "worker.log")
     gateway_log = logs / "gateway.log"
     route = f"hello-dcf=127.0.0.1:{worker_port},127.0.0.1:{stand_in.port}"
-    gateway = spawn_server(
-        ["gateway", "--port", str(gateway_port), "--metrics-port", "0", "--route", route],
-        gateway_log,
-    )
+    gateway = spawn_gateway(gateway_port, route, gateway_log)
     address = f"127.0.0.1:{gateway_port}"
     try:
         wait_serving(f"127.0.0.1:{worker_port}", "dcf.v1.Worker")
