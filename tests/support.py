@@ -42,6 +42,7 @@ __all__ = [
     "memory",
     "metric",
     "reset_peak",
+    "run_client",
     "spawn_gateway",
     "spawn_server",
     "start_service",
@@ -133,3 +134,17 @@ def spawn_gateway(
     ('NAME=HOST:PORT[,HOST:PORT]'), with its metrics on a free port."""
     args = ["gateway", "--port", str(port), "--metrics-port", "0", "--route", route]
     return spawn_server(args, log, env)
+
+
+def run_client(
+    *args: str, stdin: bytes = b"", env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """``python -m client ARGS`` to its end, as a user runs it: output and status."""
+    return subprocess.run(
+        [sys.executable, "-m", "client", *args],
+        input=stdin,
+        capture_output=True,
+        cwd=ROOT,
+        timeout=60,
+        env=None if env is None else dict(env),
+    )

@@ -5,25 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from protos.dcf.v1 import dcf_pb2
 from tests import media
-from tests.support import ROOT, call_requests, collect_call
+from tests.support import call_requests, collect_call, run_client
 
-
-def client(*args: str, stdin: bytes = b"", env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "client", *args],
-        input=stdin,
-        capture_output=True,
-        cwd=ROOT,
-        timeout=60,
-        env=env,
-    )
+client = run_client
 
 
 def test_call_echoes_stdin(dcf):

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -38,7 +36,14 @@ from tests.http import (
     wav_bytes,
     worker_pid,
 )
-from tests.support import ROOT, Service, free_port, metric, wait_listening, wait_serving
+from tests.support import (
+    Service,
+    free_port,
+    metric,
+    spawn_server,
+    wait_listening,
+    wait_serving,
+)
 
 JSON_ERROR_KEYS = {"code", "message"}
 
@@ -455,16 +460,6 @@ def worker_lines(dcf: Service) -> str:
 # ---------------------------------------------------------------- the http role
 
 
-def spawn(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "server", *args],
-        cwd=ROOT,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-    )
-
-
 def stop(process: subprocess.Popen) -> int:
     process.terminate()
     try:
@@ -476,7 +471,7 @@ def stop(process: subprocess.Popen) -> int:
 
 def test_http_role_without_its_gateway_is_503(tmp_path):
     port = free_port()
-    front = spawn(
+    front = spawn_server(
         ["http", "--port", str(port), "--gateway", f"127.0.0.1:{free_port()}"],
         tmp_path / "http.log",
     )
@@ -494,7 +489,7 @@ def test_http_role_passes_the_bearer_token(dcf, tmp_path):
     """A gateway with tokens (serving the session's workers) behind the ``http`` role:
     the Authorization header reaches it as the call's token."""
     gateway_port, http_port = free_port(), free_port()
-    gateway = spawn(
+    gateway = spawn_server(
         [
             "gateway",
             "--config",
@@ -507,7 +502,7 @@ def test_http_role_passes_the_bearer_token(dcf, tmp_path):
         tmp_path / "gateway.log",
         {"DCF_TOKENS": "open-sesame"},
     )
-    front = spawn(
+    front = spawn_server(
         ["http", "--port", str(http_port), "--gateway", f"127.0.0.1:{gateway_port}"],
         tmp_path / "http.log",
     )
@@ -560,7 +555,7 @@ def hello_only(tmp: Path) -> tuple[Path, dict]:
 
 def test_no_http_serves_no_http(tmp_path):
     config, ports = hello_only(tmp_path)
-    server = spawn(["--config", str(config), "--no-http"], tmp_path / "server.log")
+    server = spawn_server(["--config", str(config), "--no-http"], tmp_path / "server.log")
     try:
         wait_serving(f"127.0.0.1:{ports['port']}", "hello-dcf")
         with pytest.raises(ConnectionRefusedError):
@@ -625,7 +620,7 @@ def test_tls_on_the_http_port(tmp_path):
     cert, key = self_signed(tmp_path)
     config, ports = hello_only(tmp_path)
     http_port = ports["http_port"]
-    server = spawn(
+    server = spawn_server(
         ["--config", str(config)],
         tmp_path / "server.log",
         {"DCF_TLS_CERT": str(cert), "DCF_TLS_KEY": str(key)},

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -16,11 +15,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from tests.support import (
-    ROOT,
     call_requests,
     collect_call,
     free_port,
     metric,
+    run_client,
     spawn_gateway,
     spawn_server,
     start_service,
@@ -197,22 +196,14 @@ def test_tls_gateway_with_mutual_tls_to_workers(tmp_path, certificates):
         ):
             health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
 
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "client",
-                "call",
-                "hello-dcf",
-                "--address",
-                address,
-                "--ca",
-                str(certificates / "ca.pem"),
-            ],
-            input=b"via the CLI",
-            capture_output=True,
-            cwd=ROOT,
-            timeout=60,
+        done = run_client(
+            "call",
+            "hello-dcf",
+            "--address",
+            address,
+            "--ca",
+            str(certificates / "ca.pem"),
+            stdin=b"via the CLI",
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout == b"via the CLI"
@@ -250,30 +241,11 @@ def test_tokens_guard_everything_but_health(guarded):
             == health_pb2.HealthCheckResponse.SERVING
         )
 
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "client",
-            "call",
-            "hello-dcf",
-            "--address",
-            guarded.address,
-            "--token",
-            "alpha",
-        ],
-        input=b"ok",
-        capture_output=True,
-        cwd=ROOT,
-        timeout=60,
+    done = run_client(
+        "call", "hello-dcf", "--address", guarded.address, "--token", "alpha", stdin=b"ok"
     )
     assert done.returncode == 0 and done.stdout == b"ok", done.stderr
-    done = subprocess.run(
-        [sys.executable, "-m", "client", "list", "--address", guarded.address],
-        capture_output=True,
-        cwd=ROOT,
-        timeout=60,
-    )
+    done = run_client("list", "--address", guarded.address)
     assert done.returncode != 0 and done.stderr.startswith(b"error: UNAUTHENTICATED: ")
 
 
