@@ -215,7 +215,7 @@ def call_local(
     args: argparse.Namespace, params: dict[str, str], chunks: Iterable[bytes], out: Output
 ) -> None:
     from server.config import load_settings
-    from server.local import run_local
+    from server.worker.local import run_local
 
     reply = run_local(load_settings(), args.function, params, chunks)
     out.begin(reply.content_type, reply.partial_results)

@@ -1,6 +1,6 @@
 """What a function is, seen from the handler's side: bytes and params in, parts out.
 
-Handlers know nothing of gRPC or HTTP. The worker host (server/worker.py) calls
+Handlers know nothing of gRPC or HTTP. The worker host (server/worker/servicer.py) calls
 ``Function.handle`` on a worker thread, so a handler may block on decoding,
 inference or encoding without stalling the event loop that answers health checks.
 The host feeds ``Request.chunks`` as they arrive under flow control, enforces the

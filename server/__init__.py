@@ -1,0 +1,24 @@
+"""dcf's server: every process ``python -m server`` runs, one subpackage per role.
+
+A call's way, and the folder of each step:
+
+    caller ──► front ─────────────► gateway ───────► worker ─────────► handler
+               http/  (HTTP, page)  gateway/ (route,  worker/ (queue,    handlers/
+               oip/   (Open         queue, relay,     upload, thread,    (bytes and
+                      Inference)    retry)            stream back)       params in,
+               gateway/ (dcf.v1)                                         parts out)
+
+- ``rpc/``: what every gRPC role shares: starting a server, TLS and tokens, the
+  Call stream's framing, errors to statuses, addresses and request ids.
+- ``run/``: the composition root: the command line, ``main``, the supervisor of
+  local workers, and the container probe.
+- At the top: ``config.py`` (Settings and the function registry, functions.yaml),
+  ``admission.py`` (the bounded queue the gateway and workers both use),
+  ``memory.py`` (giving memory back after large calls), and ``testing.py``, the
+  public testing API (start a served instance from a test).
+
+Imports run one way: ``run`` may import every role; ``http``, ``oip``, ``gateway``
+and ``worker`` import ``rpc`` and the top-level modules (``oip`` also the gateway it
+adapts), never each other; ``rpc`` imports only the top level; nothing imports
+``run``. Nothing here is imported by ``handlers/``.
+"""

@@ -1,5 +1,5 @@
 import sys
 
-from server.main import main
+from server.run.main import main
 
 sys.exit(main())

@@ -166,8 +166,8 @@ class Settings:
     min_input_bytes_per_second: int = 1024
     log_level: str = "INFO"
     metrics_port: int = 9100
-    http_port: int = 8080  # the HTTP API and web page (server/http.py)
-    # The HTTP front's guards (server/http.py, FrontOptions): the names it answers for
+    http_port: int = 8080  # the HTTP API and web page (server/http/)
+    # The HTTP front's guards (server/http/options.py, FrontOptions): the names it answers for
     # (empty: localhost names and its own address; "*": any), other origins whose pages
     # may call it, its timeouts and its cap on open connections.
     http_allowed_hosts: tuple[str, ...] = ()

@@ -1,9 +1,9 @@
 """The gateway and its worker hosts inside the test's own event loop: no subprocess, no model.
 
 ``in_process()`` composes the servers as ``python -m server gateway`` and ``python
--m server worker`` do (server/main.py), out of the same parts: a real
+-m server worker`` do (server/run/main.py), out of the same parts: a real
 GatewayServicer over a real Gateway and one real WorkerServicer per function, each
-served by ``server.grpc_server.serve`` on a free port (port 0), the gateway's Routes
+served by ``server.rpc.server.serve`` on a free port (port 0), the gateway's Routes
 pointed at the workers' ports. The functions are the small handlers of
 tests/inprocess_handlers.py, so nothing heavy is imported and a test starts in
 milliseconds. What it leaves out are the processes: supervision, signals, metrics
@@ -34,11 +34,11 @@ import grpc
 
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from server.config import FunctionConfig, Settings
-from server.gateway import Gateway, GatewayServicer
-from server.grpc_server import serve, servicer_adder
-from server.main import GATEWAY_SERVICE, MESSAGE_SLACK, WORKER_SERVICE
-from server.routing import Routes
-from server.worker import DEFAULT_CONCURRENCY, WorkerServicer, load_function
+from server.gateway.core import Gateway, GatewayServicer
+from server.gateway.routing import Routes
+from server.rpc.server import serve, servicer_adder
+from server.run.main import GATEWAY_SERVICE, MESSAGE_SLACK, WORKER_SERVICE
+from server.worker.servicer import DEFAULT_CONCURRENCY, WorkerServicer, load_function
 from tests.inprocess_handlers import Probe
 
 GATEWAY_DESCRIPTOR = dcf_pb2.DESCRIPTOR.services_by_name["Gateway"]

@@ -28,9 +28,9 @@ import yaml
 from kubernetes_validate import utils as kubernetes_validate
 
 from server.config import Settings, load_settings
-from server.main import build_parser
-from server.probe import target_of
-from server.supervisor import local_port
+from server.run.main import build_parser
+from server.run.probe import target_of
+from server.run.supervisor import local_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -190,12 +190,12 @@ def test_the_build_context_leaves_out_local_state() -> None:
         "pyproject.toml",
         "README.md",
         "requirements.lock",
-        "server/main.py",
+        "server/run/main.py",
         "server/functions.yaml",
         "handlers/model_fetch.py",
         "protos/dcf/v1/dcf.proto",
         "client/cli.py",
-        "server/web/index.html",
+        "server/http/web/index.html",
     ):
         assert not ignored(path), f".dockerignore leaves out {path}, which the image needs"
 

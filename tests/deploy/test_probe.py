@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from server.probe import (
+from server.run.probe import (
     ProbeError,
     check_grpc,
     check_http,

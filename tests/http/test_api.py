@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from server.config import parse_size
-from server.http_api import http_status
+from server.http.api import http_status
 from tests.http import (
     GRACE_HOPPER,
     HELLO,
@@ -454,7 +454,9 @@ def test_disconnect_cancels_the_call(dcf, api):
 
 
 def worker_lines(dcf: Service) -> str:
-    return "\n".join(line for line in dcf.log.read_text().splitlines() if "server.worker[" in line)
+    return "\n".join(
+        line for line in dcf.log.read_text().splitlines() if "server.worker.servicer[" in line
+    )
 
 
 # ---------------------------------------------------------------- the http role

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from handlers.base import InvalidInput, Params
 from protos.inference import grpc_predict_v2_pb2 as pb
-from server import inference_codec as codec
+from server.oip import codec
 
 
 def param(**value) -> pb.InferParameter:

@@ -239,7 +239,7 @@ def test_no_process_holds_tritonclient_beside_our_protos():
     """tritonclient's protos clash with ours: neither the server nor this process imports it."""
     assert not any(name.startswith("tritonclient") for name in sys.modules)
     check = (
-        "import sys, server.main, server.inference; "
+        "import sys, server.run.main, server.oip.servicer; "
         "assert 'protos.inference.grpc_predict_v2_pb2' in sys.modules; "
         "bad = [m for m in sys.modules if m.startswith('tritonclient')]; "
         "assert not bad, bad"

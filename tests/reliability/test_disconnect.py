@@ -8,7 +8,7 @@ each at a different point:
 * ``send-wav-upload``: send-wav mid-upload (the handler is waiting for input);
 * ``ssd-upload``: ssd mid-upload;
 * ``video-upload``: ssd-video mid-upload, while its worker receives it whole
-  (server/received.py: an unnamed file, or memory);
+  (server/worker/received.py: an unnamed file, or memory);
 * ``video-results``: ssd-video after its first frame's result, with more frames
   in inference (the interpreters must go back to their pool);
 * ``echo-download``: hello-dcf while a 16 MiB echo is coming back (the caller
@@ -34,7 +34,7 @@ input correctly, ssd-video four times at once (an interpreter lost to a
 cancelled call would stall it).
 
 A last test abandons hundreds of calls while their answers stream and bounds
-the gateway's memory per call (grpc/grpc#43360: see server/upstream.py).
+the gateway's memory per call (grpc/grpc#43360: see server/gateway/upstream.py).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from pathlib import Path
 import pytest
 
 from protos.dcf.v1 import dcf_pb2
-from server.worker import DEFAULT_CONCURRENCY
+from server.worker.servicer import DEFAULT_CONCURRENCY
 from tests import media
 from tests.reliability import (
     GRPC_POOL_IDLE_LIMIT,

@@ -206,7 +206,7 @@ def test_caller_text_in_the_log_is_escaped_and_bounded(guarded):
     with guarded.channel() as channel:
         stub = gateway(guarded, channel)
         for name in (
-            "evil\n2026-01-01 00:00:00,000 INFO server.gateway[1]: call forged",
+            "evil\n2026-01-01 00:00:00,000 INFO server.gateway.core[1]: call forged",
             "n" * (1 << 20),
         ):
             with pytest.raises(grpc.RpcError) as refused:

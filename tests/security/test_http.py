@@ -431,7 +431,7 @@ def test_running_out_of_descriptors_is_logged_once_per_interval(starved):
         wait_for(failures_seen, "eight accepts failing for want of a descriptor", every=0.2)
         text = log.read_text(errors="replace")[start:]
         lines = [line for line in text.splitlines() if warnings.search(line)]
-        assert len(lines) == 1 and "WARNING server.http" in lines[0], lines
+        assert len(lines) == 1 and "WARNING server.http.listener" in lines[0], lines
     finally:
         for sock in hoarders + callers:
             sock.close()

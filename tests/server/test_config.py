@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.config import ConfigError, load_settings, parse_route, parse_size
-from server.main import build_parser, settings_from
+from server.run.main import build_parser, settings_from
 
 
 def write(tmp_path, text: str):

@@ -100,7 +100,7 @@ def test_a_deadline_that_passes_in_the_queue_is_deadline_exceeded(dcf, stub):
 
 def test_six_cameras_at_once_are_all_answered(dcf, stub):
     """ssd-video runs four calls at once; the fifth and sixth wait their turn (their uploads
-    are received meanwhile, see server/received.py)."""
+    are received meanwhile, see server/worker/received.py)."""
     clip = media.video(6, (320, 240))
     alone = collect_call(stub.Call(call_requests("ssd-video", [clip]), timeout=TIMEOUT))[2]
     assert len(alone) == 7  # six frames, then the summary

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.config import load_settings
-from server.worker import load_function
+from server.worker.servicer import load_function
 
 SETTINGS = load_settings(environ={})
 

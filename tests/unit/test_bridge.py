@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from handlers.base import Function, InvalidInput, Params, TooLarge
-from server.bridge import HandlerRun, Header
+from server.worker.bridge import HandlerRun, Header
 from tests import inprocess_handlers as behaviours
 from tests.inprocess import until
 from tests.inprocess_handlers import Probe

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from handlers.base import TooLarge
-from server.replay import ReplayableInput
+from server.gateway.replay import ReplayableInput
 
 INPUTS = {
     "empty": [],

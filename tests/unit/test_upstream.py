@@ -18,7 +18,7 @@ import pytest
 
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from server.config import Settings
-from server.upstream import UpstreamReader
+from server.gateway.upstream import UpstreamReader
 from tests.inprocess import (
     CHUNK_BYTES,
     GRACE_SECONDS,
@@ -114,7 +114,7 @@ def test_the_calls_error_is_raised_by_next():
             reader, task = started_reader(call)
             with pytest.raises(grpc.aio.AioRpcError) as raised:  # noqa: PT012 - by some read
                 while (response := await asyncio.wait_for(reader.next(), SECONDS)) is not None:
-                    # A worker still reading input announces its failure first (server/errors.py).
+                    # A worker still reading input announces its failure first (rpc/status.py).
                     assert response.failure.code == "INVALID_ARGUMENT", response
             assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert raised.value.details() == "raises: the input is not what it takes"

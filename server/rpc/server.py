@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from handlers.base import InvalidInput
-from server.address import join
+from server.rpc.address import join
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class Malformed:
 
     gRPC would answer a message that fails to parse with UNKNOWN; it is the caller's
     bad input, INVALID_ARGUMENT. Unary methods are refused before the servicer runs;
-    a stream hands this to the servicer, whose framing (server/stream.py) refuses it.
+    a stream hands this to the servicer, whose framing (server/rpc/framing.py) refuses it.
     """
 
     def __init__(self, type_name: str) -> None:

@@ -3,7 +3,7 @@
 Triton, KServe and MLServer clients call dcf's functions through it unchanged. Each
 function (and each alias) is a model of that name, version "1", with one BYTES
 input ``INPUT`` and one BYTES output ``OUTPUT`` of shape [1] (the conversions are in
-server/inference_codec.py). ModelInfer goes through ``Gateway.invoke``, the path of
+server/oip/codec.py). ModelInfer goes through ``Gateway.invoke``, the path of
 dcf.v1 Invoke: the same results, limits and error statuses.
 
 Readiness: ServerLive is true while the gateway answers. ModelReady is true while
@@ -21,11 +21,11 @@ import grpc
 from handlers.base import InvalidInput
 from protos.inference import grpc_predict_v2_pb2 as pb
 from protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
-from server import errors
-from server import inference_codec as codec
 from server.config import FunctionConfig
-from server.gateway import Gateway
-from server.grpc_server import decode
+from server.gateway.core import Gateway
+from server.oip import codec
+from server.rpc import status as errors
+from server.rpc.server import decode
 
 SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 SERVICE = SERVICE_DESCRIPTOR.full_name

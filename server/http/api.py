@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
-from server import errors
+from server.rpc import status as errors
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from handlers.base import Reply, Request, TooLarge
 from server.config import Settings
-from server.stream import check_params
-from server.worker import load_function
+from server.rpc.framing import check_params
+from server.worker.servicer import load_function
 
 
 def _limited(chunks: Iterable[bytes], name: str, max_bytes: int) -> Iterator[bytes]:

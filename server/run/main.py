@@ -14,7 +14,6 @@ server/functions.yaml) < DCF_* environment variables < these flags.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -26,22 +25,23 @@ from dataclasses import replace
 
 from handlers.base import FunctionError
 from protos.dcf.v1 import dcf_pb2
-from server.config import ConfigError, Settings, load_settings, parse_route
-from server.gateway import Gateway, GatewayServicer
-from server.grpc_server import serve, servicer_adder
-from server.inference import SERVICE as INFERENCE_SERVICE
-from server.inference import SERVICE_DESCRIPTOR as INFERENCE_DESCRIPTOR
-from server.inference import InferenceServicer
-from server.metrics import Metrics
-from server.routing import Routes
-from server.security import (
+from server.config import ConfigError, Settings
+from server.gateway.core import Gateway, GatewayServicer
+from server.gateway.metrics import Metrics
+from server.gateway.routing import Routes
+from server.oip.servicer import SERVICE as INFERENCE_SERVICE
+from server.oip.servicer import SERVICE_DESCRIPTOR as INFERENCE_DESCRIPTOR
+from server.oip.servicer import InferenceServicer
+from server.rpc.security import (
     RefusalLog,
     TokenInterceptor,
     server_credentials,
     worker_credentials,
 )
-from server.supervisor import Supervisor, WorkerProcess, local_port
-from server.worker import worker_servicer
+from server.rpc.server import serve, servicer_adder
+from server.run.cli import build_parser, settings_from
+from server.run.supervisor import Supervisor, WorkerProcess, local_port
+from server.worker.servicer import worker_servicer
 
 log = logging.getLogger("server")
 
@@ -50,94 +50,6 @@ WORKER_SERVICE = dcf_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 MESSAGE_SLACK = 1 << 16  # room for a message's framing beside its payload
 # Gateways reconnect to a worker this often, and so find replicas added behind a DNS name.
 WORKER_CONNECTION_AGE_SECONDS = 60.0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The roles and their flags. Flags common to the roles may stand before or after
-    the role; a role's copy only counts when given (SUPPRESS), so it never resets one
-    given before the role."""
-
-    def options(suppress: bool, gateway: bool) -> argparse.ArgumentParser:
-        parent = argparse.ArgumentParser(add_help=False)
-        default = argparse.SUPPRESS if suppress else None
-        parent.add_argument(
-            "--config",
-            default=default,
-            help="registry and settings YAML (default: $DCF_CONFIG or server/functions.yaml)",
-        )
-        parent.add_argument(
-            "--host", default=default, help="address to listen on (default 127.0.0.1; $DCF_HOST)"
-        )
-        parent.add_argument(
-            "--port", type=int, default=default, help="port to listen on ($DCF_PORT)"
-        )
-        parent.add_argument(
-            "--log-level", default=default, help="DEBUG, INFO, WARNING... ($DCF_LOG_LEVEL)"
-        )
-        if gateway:
-            parent.add_argument(
-                "--route",
-                action="append",
-                default=argparse.SUPPRESS if suppress else [],
-                metavar="NAME=HOST:PORT[,HOST:PORT...]",
-                help="send function NAME to these workers instead of the registry's (repeatable)",
-            )
-            parent.add_argument(
-                "--metrics-port",
-                type=int,
-                default=default,
-                help="Prometheus metrics port (default 9100; $DCF_METRICS_PORT)",
-            )
-        return parent
-
-    parser = argparse.ArgumentParser(
-        prog="python -m server",
-        description="dcf: the gateway and its function workers",
-        parents=[options(suppress=False, gateway=True)],
-    )
-    roles = parser.add_subparsers(dest="role")
-    roles.add_parser("gateway", parents=[options(True, True)], help="run the gateway only")
-    worker = roles.add_parser(
-        "worker", parents=[options(True, False)], help="run one function's worker"
-    )
-    worker.add_argument("function", help="the function this worker serves")
-    worker.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--http-port",
-        type=int,
-        help="port of the HTTP API and web page (default 8080; $DCF_HTTP_PORT)",
-    )
-    parser.add_argument("--no-http", action="store_true", help="serve no HTTP API and web page")
-    http = roles.add_parser(
-        "http",
-        parents=[options(True, False)],
-        help="run the HTTP API and web page only (--port is the HTTP port)",
-    )
-    http.add_argument(
-        "--gateway",
-        metavar="HOST:PORT",
-        help="the gateway to call (default 127.0.0.1 and the gateway port)",
-    )
-    http.add_argument(
-        "--gateway-ca",
-        metavar="PEM",
-        help="reach the gateway with TLS, trusting this CA certificate",
-    )
-    return parser
-
-
-def settings_from(args: argparse.Namespace) -> Settings:
-    overrides = {"host": args.host, "log_level": args.log_level}
-    if args.role != "worker":
-        overrides["port"] = args.port
-        overrides["metrics_port"] = args.metrics_port
-    if args.role == "http":
-        overrides.update(port=None, metrics_port=None, http_port=args.port)
-    elif args.http_port is not None:
-        overrides["http_port"] = args.http_port
-    settings = load_settings(args.config, overrides=overrides)
-    routes = dict(parse_route(text) for text in getattr(args, "route", []))
-    return settings.with_routes(routes) if routes else settings
 
 
 def _stop_event() -> asyncio.Event:
@@ -319,7 +231,7 @@ async def run_embedded(settings: Settings, config_args: list[str], http: bool = 
     try:
         if not http:
             return await run_gateway(settings, stop, local=supervisor)
-        from server.http import serve_beside_gateway
+        from server.http.serve import serve_beside_gateway
 
         gateway_port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         front = asyncio.create_task(serve_beside_gateway(settings, stop, gateway_port))
@@ -334,7 +246,7 @@ async def run_embedded(settings: Settings, config_args: list[str], http: bool = 
 
 
 async def run_http(settings: Settings, gateway: str | None, gateway_ca: str | None) -> int:
-    from server.http import serve_role
+    from server.http.serve import serve_role
 
     address = gateway or f"127.0.0.1:{settings.port}"
     return await serve_role(settings, address, gateway_ca or "", _stop_event())

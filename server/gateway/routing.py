@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable, Iterable
 import grpc
 
 from protos.dcf.v1 import dcf_pb2_grpc
-from server.address import split
 from server.config import FunctionConfig
-from server.grpc_server import message_options
+from server.rpc.address import split
+from server.rpc.server import message_options
 
 
 def channel_target(addresses: Iterable[str]) -> str:

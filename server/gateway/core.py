@@ -21,17 +21,18 @@ import grpc
 
 from handlers.base import DeadlineExceeded, InvalidInput, Overloaded, TooLarge
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
-from server import errors, stream
 from server.admission import Admission, ByteBudget
-from server.callinfo import REQUEST_ID, loggable, request_id_of
 from server.config import FunctionConfig, Settings
-from server.grpc_server import decode
+from server.gateway.metrics import Metrics
+from server.gateway.pace import paced
+from server.gateway.replay import ReplayableInput
+from server.gateway.routing import Routes
+from server.gateway.upstream import UpstreamReader
 from server.memory import give_back_after
-from server.metrics import Metrics
-from server.pace import paced
-from server.replay import ReplayableInput
-from server.routing import Routes
-from server.upstream import UpstreamReader
+from server.rpc import framing as stream
+from server.rpc import status as errors
+from server.rpc.callinfo import REQUEST_ID, loggable, request_id_of
+from server.rpc.server import decode
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class Gateway:
             (("authorization", f"Bearer {settings.worker_token}"),) if settings.worker_token else ()
         )
         # A function that receives uploads whole runs max_concurrency calls and has up to
-        # max_uploads more on their way in (server/received.py).
+        # max_uploads more on their way in (server/worker/received.py).
         self._admissions = {
             fn.name: Admission(
                 fn.name, fn.max_concurrency and fn.max_concurrency + fn.max_uploads, fn.queue_size
@@ -149,7 +150,7 @@ class Gateway:
         self, chunks: AsyncIterator[bytes], fn: FunctionConfig, sizes: list[int]
     ) -> AsyncIterator[bytes]:
         """The input, counted into ``sizes[0]``: TooLarge the moment it passes the limit,
-        DeadlineExceeded when the caller idles or crawls (server/pace.py)."""
+        DeadlineExceeded when the caller idles or crawls (server/gateway/pace.py)."""
         settings = self.settings
         watched = paced(
             chunks, fn.name, settings.input_idle_seconds, settings.min_input_bytes_per_second

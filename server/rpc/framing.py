@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 
 from handlers.base import InvalidInput, Params, TooLarge
 from protos.dcf.v1 import dcf_pb2
-from server.grpc_server import Malformed
+from server.rpc.server import Malformed
 
 
 async def read_header(requests: AsyncIterator[dcf_pb2.CallRequest]) -> dcf_pb2.CallHeader:

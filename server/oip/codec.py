@@ -7,7 +7,7 @@ one element. A request carries that element either typed, in
 4-byte little-endian length followed by the bytes (what Triton's clients send); the
 answer uses the same form. Parameters (the request's and the input tensor's) become
 the function's string params. Every rule broken raises InvalidInput with a one-line
-reason, which server/errors.py turns into INVALID_ARGUMENT.
+reason, which server/rpc/status.py turns into INVALID_ARGUMENT.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from pathlib import Path
 import grpc
 
 from server.config import ConfigError, Settings
-from server.errors import CallError, fail_stream
+from server.rpc.status import CallError, fail_stream
 
 log = logging.getLogger(__name__)
 

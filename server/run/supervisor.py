@@ -15,7 +15,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 
-from server.address import split
+from server.rpc.address import split
 
 log = logging.getLogger(__name__)
 

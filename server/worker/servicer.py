@@ -12,7 +12,7 @@ callers that reach it directly and absorbs the moment between a call's end at th
 gateway and its end here.
 
 A function with ``max_uploads`` receives each call's input whole first, under that
-bound (server/received.py), and only then takes a slot: slots go to calls whose
+bound (server/worker/received.py), and only then takes a slot: slots go to calls whose
 input is there, never to an upload still under way.
 """
 
@@ -31,13 +31,14 @@ import grpc
 
 from handlers.base import Function, Params
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
-from server import errors, stream
 from server.admission import Admission
-from server.bridge import HandlerRun, Header
-from server.callinfo import loggable, request_id_of
 from server.config import FunctionConfig, Settings
 from server.memory import give_back_after
-from server.received import Received
+from server.rpc import framing as stream
+from server.rpc import status as errors
+from server.rpc.callinfo import loggable, request_id_of
+from server.worker.bridge import HandlerRun, Header
+from server.worker.received import Received
 
 log = logging.getLogger(__name__)
 
