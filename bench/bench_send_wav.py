@@ -1,7 +1,7 @@
 """send-wav: our handler against the original procedure, on the same input.
 
 The original is the exact "plotstft" procedure the original service ran
-(bench/original_send_wav.py: scipy's reader, a numpy STFT, a 15 x 7.5 inch
+(tests/handlers/original_send_wav.py: scipy's reader, a numpy STFT, a 15 x 7.5 inch
 matplotlib figure read back as RGB, a PNG through PIL, base64). Both run in the
 same process, interleaved, so a noisy shared machine slows them alike and the
 ratio stays meaningful even when the absolute times do not. The handler is timed
@@ -23,10 +23,10 @@ import numpy as np
 from scipy.io import wavfile
 
 try:
-    from bench.original_send_wav import original_method
+    from tests.support.original_send_wav import original_method
 except ImportError:  # run as a script: the repository root is not on sys.path yet
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from bench.original_send_wav import original_method
+    from tests.support.original_send_wav import original_method
 
 from handlers import send_wav
 from handlers.base import Params, Request

@@ -186,7 +186,7 @@ async def _elapsed(one: Callable) -> float:
 def send_wav_section(service: Service, quick: bool) -> str:
     """send-wav served through the gateway beside the original matplotlib method."""
     from bench.bench_send_wav import make_signal
-    from bench.original_send_wav import original_method
+    from tests.support.original_send_wav import original_method
 
     table = Table(
         "send-wav: time per call beside the original method (15 x 7.5 in figure, PNG, base64)",

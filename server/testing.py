@@ -1,4 +1,13 @@
-"""Real dcf servers on free loopback ports, for the tests and the benchmarks.
+"""Real dcf servers on free loopback ports: dcf's public testing API.
+
+Our own tests and benchmarks use it, and so may a function's author::
+
+    with start_service(tmp_path, extra={"mine": {...registry entry...}}) as dcf:
+        stub = dcf.gateway(dcf.channel())     # dcf.address, dcf.http_url, dcf.log
+
+serves the packaged functions plus ``extra`` on free ports and returns once every
+worker answers; leaving the block stops it. It ships with the package so that it
+works from an installed dcf as well as from a checkout.
 
 ``start_service`` runs ``python -m server`` (the embedded default: the gateway and
 one process per worker) from a copy of the packaged registry whose ports are all
@@ -119,7 +128,14 @@ class Service:
     def worker_address(self, name: str) -> str:
         return self.document["functions"][name]["workers"][0]
 
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within 30 s."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -136,6 +152,12 @@ def start_service(
     env: dict | None = None,
     server: dict | None = None,
 ) -> Service:
+    """Serve ``python -m server`` from ``tmp`` (its registry and log go there) until stopped.
+
+    ``extra`` adds registry entries, ``server`` overrides server settings, ``args``
+    and ``env`` go to the process. Raises RuntimeError, with the log's end, if it
+    does not come up.
+    """
     config = tmp / "functions.yaml"
     document = write_registry(config, extra, server)
     log = tmp / "server.log"

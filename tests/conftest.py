@@ -3,7 +3,7 @@
 Tests outside tests/unit/ start whole services (``python -m server`` subprocesses,
 the model and TensorFlow); they are marked ``service`` here, in one place, so that
 ``make test-fast`` (``pytest -m "not service"``) runs tests/unit/ alone. Helpers
-tests share live in tests/support.py, not here.
+tests share live in tests/support/, not here.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ UNIT_TESTS = Path(__file__).parent / "unit"
 # beside the real ones.
 TEST_FUNCTIONS = {
     "faulty": {
-        "handler": "tests.fixture_handlers",
+        "handler": "tests.support.fixture_handlers",
         "description": "raises an unexpected error (tests only)",
     },
     "echo-small": {

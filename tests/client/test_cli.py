@@ -9,8 +9,7 @@ import os
 import pytest
 
 from protos.dcf.v1 import dcf_pb2
-from tests import media
-from tests.support import call_requests, collect_call, run_client
+from tests.support import call_requests, collect_call, media, run_client
 
 client = run_client
 

@@ -21,7 +21,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from tests.deploy.test_manifests import DOCKER, ROOT, instructions
+from tests.support import ROOT
+from tests.support.dockerfile import instructions
 
 LOCK = ROOT / "requirements.lock"
 TEST_LOCK = ROOT / "requirements-test.lock"
@@ -167,7 +168,7 @@ def test_make_lock_writes_both_locks_with_hashes() -> None:
 
 
 def test_the_image_installs_from_the_runtime_lock() -> None:
-    steps = instructions(DOCKER / "Dockerfile")
+    steps = instructions(ROOT / "docker" / "Dockerfile")
     copied = next(i for i, (k, rest) in enumerate(steps) if k == "COPY" and LOCK.name in rest)
     runs = [(i, rest) for i, (k, rest) in enumerate(steps) if k == "RUN" and "pip install" in rest]
     installs = [

@@ -31,6 +31,7 @@ from server.config import Settings, load_settings
 from server.run.main import build_parser
 from server.run.probe import target_of
 from server.run.supervisor import local_port
+from tests.support.dockerfile import instructions
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -109,18 +110,6 @@ def test_hadolint_does_fail_a_bad_dockerfile(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert [f["code"] for f in json.loads(done.stdout)] == ["DL3000"]
-
-
-def instructions(dockerfile: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) per instruction, continuation lines joined."""
-    text = re.sub(r"\\\n", " ", dockerfile.read_text())
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            keyword, _, rest = line.partition(" ")
-            out.append((keyword.upper(), rest.strip()))
-    return out
 
 
 def test_the_image_is_multi_stage_non_root_and_health_checked() -> None:

@@ -51,9 +51,8 @@ from PIL import Image
 
 from client.cli import parse_args, parse_params
 from protos.dcf.v1 import dcf_pb2
-from tests import media
-from tests.docs.examples import Example, all_examples, examples_in, skip_reason
-from tests.support import ROOT, Service, call_requests, collect_call, start_service
+from tests.support import ROOT, Service, call_requests, collect_call, media, start_service
+from tests.support.examples import Example, all_examples, examples_in, skip_reason
 
 EXAMPLES = all_examples(ROOT)
 FUNCTIONS = ["hello-dcf", "ssd", "send-wav", "ssd-video"]

@@ -30,12 +30,12 @@ from scipy.io import wavfile
 from scipy.signal import ShortTimeFFT
 from scipy.signal.windows import hann
 
-from bench import original_send_wav as original
 from handlers import send_wav
 from handlers.base import FunctionError, InvalidInput, Params, Request, TooLarge
 from handlers.wav import FLOAT_LIMIT, open_wav, read_wav
-from tests.media import tone, wav  # shared with the other tests
 from tests.support import call_requests, collect_call
+from tests.support import original_send_wav as original
+from tests.support.media import tone, wav  # shared with the other tests
 
 RATE = 44100
 BINS = 513  # binsize 1024

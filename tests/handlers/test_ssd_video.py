@@ -21,7 +21,7 @@ from PIL import Image
 from handlers import ssd, ssd_video
 from handlers.base import Cancelled, Function, InvalidInput, Params, Reply, Request
 from handlers.model_fetch import default_model_dir
-from tests.media import make_video
+from tests.support.media import make_video
 
 GRACE = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 # (container, fourcc) pairs this OpenCV build writes and reads back.

@@ -23,26 +23,27 @@ from PIL import Image
 
 from server.config import parse_size
 from server.http.api import http_status
-from tests.http import (
+from tests.support import (
+    Service,
+    free_port,
+    memory,
+    metric,
+    reset_peak,
+    spawn_server,
+    wait_listening,
+    wait_serving,
+)
+from tests.support.http import (
     GRACE_HOPPER,
     HELLO,
     Duplex,
     MiB,
-    PeakRss,
     paused,
     small_service,
     video_file,
     wait_for,
     wav_bytes,
     worker_pid,
-)
-from tests.support import (
-    Service,
-    free_port,
-    metric,
-    spawn_server,
-    wait_listening,
-    wait_serving,
 )
 
 JSON_ERROR_KEYS = {"code", "message"}
@@ -242,14 +243,15 @@ def test_256_mib_echo_keeps_the_front_memory_flat(dcf):
                 call.send(block)
 
         writer = threading.Thread(target=upload, daemon=True)
-        with PeakRss(dcf.process.pid) as rss:
-            writer.start()
-            assert call.response().status_code == 200
-            while not isinstance(event := call.event(), h11.EndOfMessage):
-                received += len(event.data)
-            writer.join(30)
+        reset_peak(dcf.process.pid)
+        start = memory(dcf.process.pid)["VmRSS"]
+        writer.start()
+        assert call.response().status_code == 200
+        while not isinstance(event := call.event(), h11.EndOfMessage):
+            received += len(event.data)
+        writer.join(30)
     assert received == total
-    growth = rss.peak - rss.start
+    growth = memory(dcf.process.pid)["VmHWM"] - start
     assert growth < 60 * MiB, f"the gateway + HTTP front grew by {growth / MiB:.0f} MiB"
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.http import GRACE_HOPPER, paused, video_file, wav_bytes, worker_pid
 from tests.support import ROOT, Service
+from tests.support.http import GRACE_HOPPER, paused, video_file, wav_bytes, worker_pid
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [

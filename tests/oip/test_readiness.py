@@ -11,8 +11,8 @@ import yaml
 
 from protos.inference import grpc_predict_v2_pb2 as pb
 from protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
-from tests.oip.conftest import b64, triton, value
 from tests.support import ROOT, wait_serving, write_registry
+from tests.support.oip import b64, triton, value
 
 
 def start(*args: str) -> subprocess.Popen:

@@ -18,8 +18,8 @@ from PIL import Image
 
 from protos.dcf.v1 import dcf_pb2
 from protos.inference import grpc_predict_v2_pb2 as pb
-from tests.oip.conftest import PHOTO, b64, make_wav, triton, value
 from tests.oip.wire import field_shapes
+from tests.support.oip import PHOTO, b64, make_wav, triton, value
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -55,8 +55,8 @@ import pytest
 
 from protos.dcf.v1 import dcf_pb2
 from server.worker.servicer import DEFAULT_CONCURRENCY
-from tests import media
-from tests.reliability import (
+from tests.support import ROOT, Service, media, metric, start_service
+from tests.support.reliability import (
     GRPC_POOL_IDLE_LIMIT,
     MB,
     invoke,
@@ -66,7 +66,6 @@ from tests.reliability import (
     thread_count,
     worker_pids,
 )
-from tests.support import ROOT, Service, metric, start_service
 
 CYCLES = 30
 WARM_CYCLES = 10

@@ -36,8 +36,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
-from tests import media
-from tests.reliability import (
+from tests.support import Service, media
+from tests.support.reliability import (
     ACCEPTABLE,
     Outcome,
     call,
@@ -48,7 +48,6 @@ from tests.reliability import (
     pieces,
     worker_starts,
 )
-from tests.support import Service
 
 TIMEOUT = 60.0  # per call; a hang shows as DEADLINE_EXCEEDED, which fails the test
 FUNCTIONS = ("hello-dcf", "ssd", "send-wav", "ssd-video")

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protos.dcf.v1 import dcf_pb2_grpc
-from tests import media
-from tests.reliability import (
+from tests.support import Service, media, metric
+from tests.support.reliability import (
     MB,
     Outcome,
     call,
@@ -45,7 +45,6 @@ from tests.reliability import (
     worker_pids,
     worker_starts,
 )
-from tests.support import Service, metric
 
 CLIENTS = 16
 DURATION = float(os.environ.get("DCF_LOAD_SECONDS", "30"))

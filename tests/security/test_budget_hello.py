@@ -15,8 +15,8 @@ import time
 import grpc
 
 from protos.dcf.v1 import dcf_pb2_grpc
-from tests.reliability import MB, rss, worker_pids
 from tests.support import call_requests, collect_call, memory
+from tests.support.reliability import MB, rss, worker_pids
 
 LIMIT = 256 * MB  # docker/k8s/40-hello-dcf.yaml
 CALLS = 16

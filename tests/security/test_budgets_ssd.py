@@ -34,8 +34,8 @@ from PIL import Image
 
 from handlers.model_fetch import MODEL_FILES, MODEL_NAME, default_model_dir
 from server.testing import ROOT, Service, free_port, start_service, wait_serving
-from tests.media import make_video
 from tests.support import call_requests, k8s_memory_limit, memory, reset_peak
+from tests.support.media import make_video
 
 MIB = 1 << 20
 CHUNK = 1 << 20

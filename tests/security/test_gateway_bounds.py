@@ -21,18 +21,18 @@ import grpc
 import pytest
 
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
-from tests import media
-from tests.reliability import worker_pids
 from tests.support import (
     Service,
     call_requests,
     collect_call,
     free_port,
+    media,
     metric,
     spawn_gateway,
     start_service,
     wait_serving,
 )
+from tests.support.reliability import worker_pids
 
 TOKEN = "caller-secret"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)

@@ -23,8 +23,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
-from tests.http import Duplex, MiB, SmallService, small_service, wait_for
 from tests.support import Service, metric
+from tests.support.http import Duplex, MiB, SmallService, small_service, wait_for
 
 PAGE_PATHS = ["/", "/static/index.html", "/static/app.js", "/static/style.css"]
 ELSEWHERE = "https://evil.example"

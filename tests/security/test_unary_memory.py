@@ -17,8 +17,8 @@ import grpc
 import pytest
 
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
-from tests.reliability import MB, rss
 from tests.support import memory, start_service
+from tests.support.reliability import MB, rss
 
 # What the gateway may hold at the peak of the eight calls, and keep after them.
 PEAK_LIMIT = 1200 * MB

@@ -17,8 +17,7 @@ import grpc
 import pytest
 
 from protos.dcf.v1 import dcf_pb2
-from tests import media
-from tests.support import Service, call_requests, collect_call, metric
+from tests.support import Service, call_requests, collect_call, media, metric
 
 TIMEOUT = 120.0
 

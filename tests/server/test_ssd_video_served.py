@@ -24,8 +24,8 @@ import pytest
 
 from protos.dcf.v1 import dcf_pb2
 from server.testing import Service, start_service
-from tests.media import make_video
 from tests.support import ROOT, call_requests, collect_call
+from tests.support.media import make_video
 
 CHUNK = 64 * 1024
 

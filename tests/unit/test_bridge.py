@@ -17,9 +17,9 @@ import pytest
 
 from handlers.base import Function, InvalidInput, Params, TooLarge
 from server.worker.bridge import HandlerRun, Header
-from tests import inprocess_handlers as behaviours
-from tests.inprocess import until
-from tests.inprocess_handlers import Probe
+from tests.support import inprocess_handlers as behaviours
+from tests.support.inprocess import until
+from tests.support.inprocess_handlers import Probe
 
 # How long a thread may take to end once it has been let go.
 THREAD_SECONDS = 10.0

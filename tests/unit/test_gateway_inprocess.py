@@ -2,7 +2,7 @@
 
 The same path as the service tests (caller -> gateway -> worker -> handler and
 back, over real gRPC on loopback), with small handlers instead of the model, so
-each test starts its servers in milliseconds (tests/inprocess.py).
+each test starts its servers in milliseconds (tests/support/inprocess.py).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import grpc
 import pytest
 
 from protos.dcf.v1 import dcf_pb2
-from tests.inprocess import CHUNK_BYTES, InProcess, in_process, until
-from tests.inprocess_handlers import BUG_TEXT
 from tests.support import call_requests, collect_call_async
+from tests.support.inprocess import CHUNK_BYTES, InProcess, in_process, until
+from tests.support.inprocess_handlers import BUG_TEXT
 
 # A bound on any one call of these tests; none should come near it.
 SECONDS = 30.0

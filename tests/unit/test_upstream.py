@@ -19,7 +19,8 @@ import pytest
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from server.config import Settings
 from server.gateway.upstream import UpstreamReader
-from tests.inprocess import (
+from tests.support import call_requests
+from tests.support.inprocess import (
     CHUNK_BYTES,
     GRACE_SECONDS,
     WorkerHost,
@@ -28,8 +29,7 @@ from tests.inprocess import (
     until,
     worker_host,
 )
-from tests.inprocess_handlers import Probe
-from tests.support import call_requests
+from tests.support.inprocess_handlers import Probe
 
 # A bound on any one wait of these tests; none should come near it.
 SECONDS = 10.0

@@ -5,7 +5,7 @@
 GatewayServicer over a real Gateway and one real WorkerServicer per function, each
 served by ``server.rpc.server.serve`` on a free port (port 0), the gateway's Routes
 pointed at the workers' ports. The functions are the small handlers of
-tests/inprocess_handlers.py, so nothing heavy is imported and a test starts in
+tests/support/inprocess_handlers.py, so nothing heavy is imported and a test starts in
 milliseconds. What it leaves out are the processes: supervision, signals, metrics
 over HTTP, TLS and tokens stay with the service tests.
 
@@ -39,12 +39,12 @@ from server.gateway.routing import Routes
 from server.rpc.server import serve, servicer_adder
 from server.run.main import GATEWAY_SERVICE, MESSAGE_SLACK, WORKER_SERVICE
 from server.worker.servicer import DEFAULT_CONCURRENCY, WorkerServicer, load_function
-from tests.inprocess_handlers import Probe
+from tests.support.inprocess_handlers import Probe
 
 GATEWAY_DESCRIPTOR = dcf_pb2.DESCRIPTOR.services_by_name["Gateway"]
 WORKER_DESCRIPTOR = dcf_pb2.DESCRIPTOR.services_by_name["Worker"]
 HOST = "127.0.0.1"
-HANDLERS = "tests.inprocess_handlers"
+HANDLERS = "tests.support.inprocess_handlers"
 # Small chunks, so that cutting inputs and answers to size is exercised by small inputs.
 CHUNK_BYTES = 64 * 1024
 # How long a stopping server lets calls in flight finish: tests end their calls first.
@@ -56,7 +56,7 @@ PATIENCE_SECONDS = 30.0
 def registry_entry(
     name: str, behaviour: str, probe: Probe | None = None, **entry: Any
 ) -> FunctionConfig:
-    """A registry entry for one of tests/inprocess_handlers.py's behaviours.
+    """A registry entry for one of tests/support/inprocess_handlers.py's behaviours.
 
     ``entry`` gives the other fields (max_concurrency, max_queue, aliases...).
     """

@@ -6,7 +6,7 @@ answers many partial results. None needs a model or media, so the fast tests
 import nothing heavy.
 
 They are real handler modules, loaded through the registry (``handler:
-tests.inprocess_handlers``, ``options: {behaviour: ...}``). In process the options
+tests.support.inprocess_handlers``, ``options: {behaviour: ...}``). In process the options
 may also carry a ``Probe``, through which a test sees where the handler thread is
 and lets a blocked one go; a handler made without one gets its own.
 """

@@ -1,8 +1,18 @@
 """What tests share: Call streams built and collected, and the server harness.
 
-Tests import helpers from here only, never from conftest, another test module or
-bench/: a conftest is pytest's to load, and importing one as a module loads it a
-second time under another name. The harness that starts real servers lives in
+Tests import helpers from this package only, never from conftest, another test
+module or bench/: a conftest is pytest's to load, and importing one as a module
+loads it a second time under another name. Beside this module:
+
+- ``media``: real inputs made in the test (photos, WAVs, videos, broken files);
+- ``inprocess`` and ``inprocess_handlers``: the fast tier's gateway and worker
+  host in the test's own event loop, with small handlers and no TensorFlow;
+- ``fixture_handlers``: a tiny function the served tests register;
+- ``http``, ``oip``, ``reliability``: helpers of those test folders;
+- ``examples``: the README's and docs' commands, pulled out to be run;
+- ``original_send_wav``: the original DCF procedure, the oracle of send-wav's
+  picture (the benchmark's baseline too);
+- ``dockerfile``: a Dockerfile's instructions. The harness that starts real servers lives in
 server/testing.py (the benchmarks use it too); it is re-exported here so that a
 test names one module for all it needs, wherever the harness moves.
 """
