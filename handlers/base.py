@@ -7,9 +7,9 @@ The host feeds ``Request.chunks`` as they arrive under flow control, enforces th
 input size limit before the handler sees a byte, and streams back each part of the
 ``Reply`` as soon as the handler yields it.
 
-Errors a caller should see are raised as ``FunctionError`` subclasses; each carries a
-status name (a plain string, mapped to a gRPC or HTTP status at the edge) and a
-one-line reason. Anything else a handler raises is a bug: the host logs the
+Errors a caller should see are raised as ``FunctionError`` subclasses from
+``handlers.errors`` (the one error model, which every front maps the same way), each
+with a one-line message. Anything else a handler raises is a bug: the host logs the
 traceback and the caller gets INTERNAL with a generic message.
 """
 
@@ -19,47 +19,103 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from handlers.errors import InvalidInput
 
-class FunctionError(Exception):
-    """An error the caller should see, with a one-line reason."""
-
-    status = "INTERNAL"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+Value = float | int | bool | str
 
 
-class InvalidInput(FunctionError):
-    status = "INVALID_ARGUMENT"
+@dataclass(frozen=True)
+class Param:
+    """One param a function takes, declared once, in its handler module's ``PARAMS``.
+
+    The handler reads it with ``read``; the worker refuses any param a function does
+    not declare; ListFunctions, the HTTP API and its OpenAPI description show its
+    type, bounds and default from here, so what a caller is told is what is checked.
+    """
+
+    name: str
+    type: str  # "number", "integer", "boolean" or "string"
+    help: str
+    default: Value | None = None  # None: none (``shown_default`` says what happens)
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    shown_default: str = ""  # the default in words, when it is not a value
+    note: str = ""  # said after the default: limits across params, ...
+
+    def __post_init__(self) -> None:
+        if self.type not in PARAM_TYPES:
+            raise ValueError(f"param {self.name}: type must be one of {', '.join(PARAM_TYPES)}")
+
+    @property
+    def wire_default(self) -> str:
+        """The default as a caller would send it ("0.5", "true", "jet"); "" for none."""
+        if self.default is None:
+            return ""
+        if isinstance(self.default, bool):
+            return "true" if self.default else "false"
+        return f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
+
+    def describe(self) -> str:
+        """One line for people: what it does, its range or choices, and its default."""
+        text = self.help
+        if self.choices:
+            text += f": {' or '.join(self.choices)}"
+        if self.low is not None and self.high is not None:
+            text += f", {self.low:g}..{self.high:g}"
+        elif self.low is not None:
+            text += f", at least {self.low:g}"
+        default = self.wire_default or self.shown_default
+        if default:
+            text += f" (default {default})" if self.wire_default else f" (default: {default})"
+        return text + (f"; {self.note}" if self.note else "")
+
+    def read(self, params: Params) -> Value | None:
+        """This param's value in a call's ``params``, checked; its default when absent."""
+        if self.name not in params:
+            return self.default
+        if self.type == "number":
+            return self.number(params)
+        if self.type == "integer":
+            return self.integer(params)
+        if self.type == "boolean":
+            return self.flag(params)
+        return self.text(params)
+
+    # Typed readers, for handler code: each checks the value as ``read`` does, and
+    # raises TypeError for an absent param declared without a default (a handler bug:
+    # read such a param only when ``name in params``).
+    def number(self, params: Params) -> float:
+        return params.get_float(
+            self.name, float(self._fallback(params)), low=self.low, high=self.high
+        )
+
+    def integer(self, params: Params) -> int:
+        low = None if self.low is None else int(self.low)
+        high = None if self.high is None else int(self.high)
+        return params.get_int(self.name, int(self._fallback(params)), low=low, high=high)
+
+    def flag(self, params: Params) -> bool:
+        return params.get_bool(self.name, bool(self._fallback(params)))
+
+    def text(self, params: Params) -> str:
+        return params.get_str(self.name, str(self._fallback(params)), self.choices or None)
+
+    def _fallback(self, params: Params) -> Value:
+        """What the getters fall back on: the default, needed only when the param is absent."""
+        if self.default is not None:
+            return self.default
+        if self.name in params:
+            return 0  # never used: the value given is read
+        raise TypeError(f"param {self.name} has no default: read it only when given")
 
 
-class NotFound(FunctionError):
-    status = "NOT_FOUND"
+PARAM_TYPES = ("number", "integer", "boolean", "string")
 
 
-class TooLarge(FunctionError):
-    """The input, or a size a param asks for, is over the function's limit."""
-
-    status = "RESOURCE_EXHAUSTED"
-
-
-class Overloaded(FunctionError):
-    """Too many calls at once: the function's queue is full. Worth trying again later."""
-
-    status = "RESOURCE_EXHAUSTED"
-
-
-class DeadlineExceeded(FunctionError):
-    status = "DEADLINE_EXCEEDED"
-
-
-class Unavailable(FunctionError):
-    status = "UNAVAILABLE"
-
-
-class Cancelled(Exception):
-    """Raised inside a handler thread when its caller went away; let it propagate."""
+def declare(*params: Param) -> Mapping[str, Param]:
+    """A handler module's ``PARAMS``: its params by name, in the order given."""
+    return {param.name: param for param in params}
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -195,10 +251,11 @@ class Function:
     """What a handler module's ``create(options)`` returns: the loaded, ready function.
 
     Its name, description, content types and limits live in the registry
-    (server/registry.py), which the gateway reads without importing any handler.
+    (server/config.py, server/functions.yaml); its params in its module's ``PARAMS``,
+    which the gateway reads too, so a function module imports nothing heavy.
     ``collect`` turns the parts of a partial-results reply into the one document
     that the unary Invoke answers (ssd-video's per-frame lines into one JSON).
-    ``params`` names the params the function accepts, with a short description;
+    ``params`` are the params the function accepts (its module's ``PARAMS``);
     anything else is refused as INVALID_ARGUMENT before the handler runs.
     ``check`` validates the params' values before any input is read (raising
     InvalidInput), so that a call the handler would refuse costs no upload.
@@ -206,7 +263,7 @@ class Function:
     """
 
     handle: Callable[[Request], Reply]
-    params: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, Param] = field(default_factory=dict)
     check: Callable[[Params], object] = lambda params: None
     collect: Callable[[Iterable[bytes]], bytes] = join_parts
     close: Callable[[], None] = lambda: None

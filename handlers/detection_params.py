@@ -6,27 +6,26 @@ params without importing the model's libraries.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from handlers.base import Param, Params
 
-from handlers.base import Params
-
-DEFAULT_THRESHOLD = 0.5
-DEFAULT_MAX_DETECTIONS = 20
 MAX_DETECTIONS = 100
 
-
-def described(per: str, note: str = "") -> Mapping[str, str]:
-    """The shared params' descriptions; ``per`` says what max_detections counts in."""
-    return {
-        "threshold": f"minimum confidence, 0..1 (default {DEFAULT_THRESHOLD})",
-        "max_detections": (
-            f"most boxes {per}, 1..{MAX_DETECTIONS} (default {DEFAULT_MAX_DETECTIONS}{note})"
-        ),
-    }
+THRESHOLD = Param("threshold", "number", "minimum confidence", default=0.5, low=0.0, high=1.0)
 
 
-def read(params: Params) -> tuple[float, int]:
+def max_detections(per: str, note: str = "") -> Param:
+    """The max_detections param; ``per`` says what it counts in ("to return", "per frame")."""
+    return Param(
+        "max_detections",
+        "integer",
+        f"most boxes {per}",
+        default=20,
+        low=1,
+        high=MAX_DETECTIONS,
+        note=note,
+    )
+
+
+def read(params: Params, limit: Param) -> tuple[float, int]:
     """(threshold, max_detections) from a call's params, checked."""
-    threshold = params.get_float("threshold", DEFAULT_THRESHOLD, low=0.0, high=1.0)
-    limit = params.get_int("max_detections", DEFAULT_MAX_DETECTIONS, low=1, high=MAX_DETECTIONS)
-    return threshold, limit
+    return THRESHOLD.number(params), limit.integer(params)

@@ -41,12 +41,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from handlers import detection_params, memory
-from handlers.base import Function, Reply, Request
+from handlers.base import Function, Param, Reply, Request, declare
 
-PARAMS: Mapping[str, str] = {
-    **detection_params.described("to return", "; the model itself proposes at most 20"),
-    "annotate": "true: reply with the image as PNG, boxes drawn (default false)",
-}
+MAX_DETECTIONS = detection_params.max_detections(
+    "to return", "the model itself proposes at most 20"
+)
+ANNOTATE = Param(
+    "annotate", "boolean", "true: reply with the image as PNG, boxes drawn", default=False
+)
+PARAMS = declare(detection_params.THRESHOLD, MAX_DETECTIONS, ANNOTATE)
 
 
 def _bool(options: Mapping[str, Any], name: str, default: bool) -> bool:
@@ -96,8 +99,8 @@ def create(options: Mapping[str, Any]) -> Function:
 
     def handle(request: Request) -> Reply:
         params = request.params
-        threshold, limit = detection_params.read(params)
-        draw = params.get_bool("annotate", False)
+        threshold, limit = detection_params.read(params, MAX_DETECTIONS)
+        draw = ANNOTATE.flag(params)
         with images.decoding(
             images.read_input(request.chunks),
             max_pixels=max_pixels,

@@ -99,7 +99,8 @@ from pathlib import Path
 from typing import Any
 
 from handlers import detection_params, memory
-from handlers.base import Function, InvalidInput, Params, Reply, Request, TooLarge
+from handlers.base import Function, Param, Params, Reply, Request, declare
+from handlers.errors import InvalidInput, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +130,20 @@ DEMUXERS = "mov,avi,matroska,mpegts,mpeg,flv,ogg,asf"
 _CAPTURE_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 _KINDS = "mp4, mov, avi, mkv, webm"
 
-PARAMS: Mapping[str, str] = {
-    "max_frames": (
-        f"frames to analyse, 1..{MAX_FRAMES} (default {DEFAULT_MAX_FRAMES}); "
-        f"max_frames x stride at most {MAX_DECODED_FRAMES}, fewer for frames over 1280x720"
-    ),
-    "stride": f"analyse every Nth frame, 1..{MAX_STRIDE} (default {DEFAULT_STRIDE}: every frame)",
-    **detection_params.described("per frame"),
-}
+MAX_FRAMES_PARAM = Param(
+    "max_frames",
+    "integer",
+    "frames to analyse",
+    default=DEFAULT_MAX_FRAMES,
+    low=1,
+    high=MAX_FRAMES,
+    note=f"max_frames x stride at most {MAX_DECODED_FRAMES}, fewer for frames over 1280x720",
+)
+STRIDE = Param(
+    "stride", "integer", "analyse every Nth frame", default=DEFAULT_STRIDE, low=1, high=MAX_STRIDE
+)
+MAX_DETECTIONS = detection_params.max_detections("per frame")
+PARAMS = declare(MAX_FRAMES_PARAM, STRIDE, detection_params.THRESHOLD, MAX_DETECTIONS)
 
 
 def create(options: Mapping[str, Any]) -> Function:
@@ -175,10 +182,10 @@ def create(options: Mapping[str, Any]) -> Function:
 def _settings(params: Params) -> _Settings:
     """The call's settings from its params; InvalidInput for a value out of bounds, or for
     more frames to decode than a call may (checked before any input is read)."""
-    threshold, max_detections = detection_params.read(params)
+    threshold, max_detections = detection_params.read(params, MAX_DETECTIONS)
     settings = _Settings(
-        max_frames=params.get_int("max_frames", DEFAULT_MAX_FRAMES, low=1, high=MAX_FRAMES),
-        stride=params.get_int("stride", DEFAULT_STRIDE, low=1, high=MAX_STRIDE),
+        max_frames=MAX_FRAMES_PARAM.integer(params),
+        stride=STRIDE.integer(params),
         threshold=threshold,
         max_detections=max_detections,
     )

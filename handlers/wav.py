@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from handlers.base import InvalidInput
+from handlers.errors import InvalidInput
 
 _PCM = 0x0001
 _IEEE_FLOAT = 0x0003

@@ -20,7 +20,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
-from handlers.base import DeadlineExceeded, Overloaded
+from handlers.errors import DeadlineExceeded, Overloaded
 
 
 class Admission:

@@ -8,6 +8,7 @@ deployment edits one file, or overrides single values with DCF_* variables and f
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from collections.abc import Mapping
@@ -17,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from handlers.base import NotFound
+from handlers.base import Param
+from handlers.errors import NotFound
 
 DEFAULT_CONFIG = Path(__file__).with_name("functions.yaml")
 
@@ -94,8 +96,12 @@ class FunctionConfig:
     # and the ceiling of those that give a longer one. None: the server's max_call_seconds.
     max_call_seconds: float | None = None
     workers: tuple[str, ...] = ()
-    params: Mapping[str, str] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
+
+    def declared_params(self) -> Mapping[str, Param]:
+        """The params the handler module declares (its ``PARAMS``), read by importing the
+        module, which creates nothing: function modules defer their heavy imports."""
+        return getattr(importlib.import_module(self.handler), "PARAMS", {})
 
     @property
     def queue_size(self) -> int:
@@ -110,6 +116,11 @@ class FunctionConfig:
     def from_yaml(cls, name: str, entry: Mapping[str, Any]) -> FunctionConfig:
         if not isinstance(entry, Mapping):
             raise ConfigError(f"functions.{name}: expected a mapping")
+        if "params" in entry:
+            raise ConfigError(
+                f"functions.{name}.params: params are declared once, by the handler "
+                f"(PARAMS in {entry.get('handler', 'its module')}), not in the registry"
+            )
         known = {f.name for f in fields(cls)} - {"name"}
         unknown = set(entry) - known
         if unknown:
@@ -140,7 +151,6 @@ class FunctionConfig:
                 else _seconds(entry["max_call_seconds"], f"{name}.max_call_seconds")
             ),
             workers=tuple(str(w) for w in workers),
-            params={str(k): str(v) for k, v in (entry.get("params") or {}).items()},
             options=dict(entry.get("options") or {}),
         )
 

@@ -19,7 +19,8 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
 import grpc
 
-from handlers.base import DeadlineExceeded, InvalidInput, Overloaded, TooLarge
+from handlers.base import Param
+from handlers.errors import DeadlineExceeded, InvalidInput, Overloaded, TooLarge
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from server.admission import Admission, ByteBudget
 from server.config import FunctionConfig, Settings
@@ -346,8 +347,7 @@ class Gateway:
         except grpc.aio.AioRpcError as exc:
             if (broken := _input_error(upstream)) is not None:
                 raise broken from None
-            code, details = await errors.upstream_status(call, exc)
-            raise self._worker_error(fn, code, details) from None
+            raise self._worker_error(fn, await errors.upstream_error(call, exc)) from None
         finally:
             upstream.cancel()
             answer.close()
@@ -363,11 +363,7 @@ class Gateway:
         forwarded = dcf_pb2.CallHeader(function=fn.name, collect=header.collect)
         forwarded.params.update(header.params)
         try:
-            await call.write(dcf_pb2.CallRequest(header=forwarded))
-            async for chunk in chunks:
-                for piece in stream.resplit(chunk, self.settings.chunk_bytes):
-                    await call.write(dcf_pb2.CallRequest(chunk=piece))
-            await call.done_writing()
+            await stream.send_call(call, forwarded, chunks, self.settings.chunk_bytes)
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             # The worker ended the call; its own status arrives on the response side.
             return
@@ -375,18 +371,21 @@ class Gateway:
             call.cancel()
             raise
 
-    def _worker_error(
-        self, fn: FunctionConfig, code: grpc.StatusCode, details: str
-    ) -> errors.CallError:
-        if code == grpc.StatusCode.UNAVAILABLE:
+    def _worker_error(self, fn: FunctionConfig, error: errors.CallError) -> errors.CallError:
+        """The worker's error as the caller sees it: its own, except where it would say
+        more than a caller should know."""
+        if error.code == grpc.StatusCode.UNAVAILABLE:
             # Where the workers are is for the log, not for callers.
             log.warning(
-                "%s: worker unavailable at %s: %s", fn.name, self.routes.target(fn.name), details
+                "%s: worker unavailable at %s: %s",
+                fn.name,
+                self.routes.target(fn.name),
+                error.message,
             )
-            return errors.CallError(code, f"{fn.name}: worker unavailable")
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return errors.CallError(code, f"{fn.name}: deadline exceeded")
-        return errors.CallError(code, details or code.name)
+            return errors.CallError(error.code, f"{fn.name}: worker unavailable")
+        if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return errors.CallError(error.code, f"{fn.name}: deadline exceeded")
+        return error
 
 
 class GatewayServicer(dcf_pb2_grpc.GatewayServicer):
@@ -397,6 +396,10 @@ class GatewayServicer(dcf_pb2_grpc.GatewayServicer):
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
         self._settings = gateway.settings
+        # Built once: reading a function's params imports its (light) handler module.
+        self._functions = dcf_pb2.ListFunctionsResponse(
+            functions=[function_info(fn) for fn in self._settings.functions]
+        )
 
     async def Call(
         self,
@@ -435,12 +438,20 @@ class GatewayServicer(dcf_pb2_grpc.GatewayServicer):
     async def ListFunctions(
         self, request: dcf_pb2.ListFunctionsRequest, context: grpc.aio.ServicerContext
     ) -> dcf_pb2.ListFunctionsResponse:
-        return dcf_pb2.ListFunctionsResponse(
-            functions=[function_info(fn) for fn in self._settings.functions]
-        )
+        return self._functions
 
 
 def function_info(fn: FunctionConfig) -> dcf_pb2.FunctionInfo:
+    """What ListFunctions says of ``fn``: its registry entry and its handler's params.
+
+    A handler module this process cannot import (a gateway image without it) leaves
+    the params unsaid rather than the gateway down; its workers still check them.
+    """
+    try:
+        params = fn.declared_params()
+    except ImportError as exc:
+        log.warning("%s: params not listed, cannot import %s: %s", fn.name, fn.handler, exc)
+        params = {}
     return dcf_pb2.FunctionInfo(
         name=fn.name,
         description=fn.description,
@@ -448,7 +459,20 @@ def function_info(fn: FunctionConfig) -> dcf_pb2.FunctionInfo:
         output_content_type=fn.output_type,
         aliases=list(fn.aliases),
         max_input_bytes=fn.max_input_bytes,
-        params=dict(fn.params),
+        params={name: param.describe() for name, param in params.items()},
+        param_specs=[param_spec(param) for param in params.values()],
+    )
+
+
+def param_spec(param: Param) -> dcf_pb2.ParamSpec:
+    return dcf_pb2.ParamSpec(
+        name=param.name,
+        type=param.type,
+        description=param.describe(),
+        default=param.wire_default,
+        minimum=param.low,
+        maximum=param.high,
+        choices=list(param.choices),
     )
 
 

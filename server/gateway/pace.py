@@ -18,7 +18,7 @@ import asyncio
 import collections
 from collections.abc import AsyncIterator
 
-from handlers.base import DeadlineExceeded
+from handlers.errors import DeadlineExceeded
 
 # The window the rate is measured over, and the grace before it is: seconds of waiting.
 RATE_WINDOW_SECONDS = 10.0

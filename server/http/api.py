@@ -8,10 +8,11 @@ it arrives.
 The HTTP status is decided before the response starts: the front waits for the
 gateway's header and the answer's first piece (or the end, or an error), so a
 call that fails early gets a real status and a JSON body
-``{"code": "NOT_FOUND", "message": "..."}`` (``http_status``: the one mapping from
-gRPC statuses). A failure after the answer has begun ends an NDJSON answer with
-one line ``{"error": {"code": ..., "message": ...}}``; any other answer is cut off
-without its final chunk, so no client can take a truncated body for a whole one.
+``{"code": "NOT_FOUND", "reason": "NOT_FOUND", "message": "..."}``, its status from
+the error's reason by the one table of handlers/errors.py. A failure after the
+answer has begun ends an NDJSON answer with one line
+``{"error": {"code": ..., "reason": ..., "message": ...}}``; any other answer is cut
+off without its final chunk, so no client can take a truncated body for a whole one.
 A client that goes away cancels the call.
 
 ``Authorization`` and ``X-Request-Id`` are passed to the gateway as gRPC metadata
@@ -38,8 +39,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from handlers.errors import RETRY_AFTER_SECONDS, http_status, reason_for
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from server.rpc import status as errors
+from server.rpc.framing import send_call
 
 log = logging.getLogger(__name__)
 
@@ -47,50 +50,40 @@ NDJSON = "application/x-ndjson"
 TIMEOUT_HEADER = "x-dcf-timeout"
 REQUEST_ID = "x-request-id"
 
-# gRPC status -> HTTP status. RESOURCE_EXHAUSTED is 429 for an overload (a full
-# queue, too many calls), worth retrying, and 413 otherwise (an input or a size
-# over a limit, which a retry cannot cure); the gateway and the workers word the
-# overloads with one of OVERLOAD_PHRASES.
-HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
-OVERLOAD_PHRASES = ("queue is full", "too many calls")
-# What a 429 tells the client to wait before it tries again, in seconds.
-RETRY_AFTER_SECONDS = 1
 # The longest deadline a caller may ask for with X-Dcf-Timeout; more is taken as this.
 TIMEOUT_CEILING_SECONDS = 3600.0
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
-def http_status(code: grpc.StatusCode, message: str) -> int:
-    """The HTTP status for a call that ended with ``code`` and ``message``."""
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and any(
-        phrase in message for phrase in OVERLOAD_PHRASES
-    ):
-        return 429
-    return HTTP_STATUS.get(code, 500)
-
-
 def error_response(
-    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    reason: str = "",
 ) -> JSONResponse:
-    return JSONResponse({"code": code, "message": message}, status, headers=dict(headers or {}))
+    """``{"code", "reason", "message"}`` with ``status``; the front's own refusals and
+    the gateway's alike."""
+    if not reason:  # the front's own refusals: a gRPC status's reason, else the code itself
+        reason = reason_for(code) if code in grpc.StatusCode.__members__ else code
+    body = {"code": code, "reason": reason, "message": message}
+    return JSONResponse(body, status, headers=dict(headers or {}))
+
+
+def _error_json(exc: errors.CallError) -> dict[str, str]:
+    return {"code": exc.code.name, "reason": exc.reason, "message": exc.message}
 
 
 def call_error_response(
     exc: errors.CallError, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
-    status = http_status(exc.code, exc.message)
+    """The answer for a call that failed before its answer began: the status from the
+    one table (handlers/errors.py), by the error's reason."""
+    status = http_status(exc.reason)
     extra = dict(headers or {})
     if status == 429:
         extra["retry-after"] = str(RETRY_AFTER_SECONDS)
-    return error_response(status, exc.code.name, exc.message, extra)
+    return error_response(status, exc.code.name, exc.message, extra, exc.reason)
 
 
 def _ascii_header(request: Request, name: str, shown: str) -> str | None:
@@ -168,11 +161,7 @@ class Relay:
         """Stream the body up as it arrives; then watch for the client going away."""
         call = self.call
         try:
-            await call.write(dcf_pb2.CallRequest(header=header))
-            async for piece in self._request.stream():
-                if piece:
-                    await call.write(dcf_pb2.CallRequest(chunk=piece))
-            await call.done_writing()
+            await send_call(call, header, self._request.stream())
         except ClientDisconnect:
             self._gone()
             return
@@ -196,8 +185,7 @@ class Relay:
         try:
             response = await self.call.read()
         except grpc.aio.AioRpcError as exc:
-            code, details = await errors.upstream_status(self.call, exc)
-            raise errors.CallError(code, details or code.name) from None
+            raise await errors.upstream_error(self.call, exc) from None
         except (asyncio.CancelledError, asyncio.InvalidStateError):
             # grpcio raises CancelledError from a call cancelled locally (the client
             # went away); only a cancellation of this task itself goes on as one.
@@ -281,7 +269,7 @@ class RelayResponse(Response):
             )
             if not self.partial:
                 return False  # the client sees an incomplete body, never a short one
-            line = {"error": {"code": exc.code.name, "message": exc.message}}
+            line = {"error": _error_json(exc)}
             await send(
                 {
                     "type": "http.response.body",
@@ -338,8 +326,23 @@ def _function_json(fn: dcf_pb2.FunctionInfo) -> dict[str, Any]:
         "output_content_type": fn.output_content_type,
         "aliases": list(fn.aliases),
         "params": dict(fn.params),
+        "param_specs": [_param_json(spec) for spec in fn.param_specs],
         "max_input_bytes": fn.max_input_bytes,
     }
+
+
+def _param_json(spec: dcf_pb2.ParamSpec) -> dict[str, Any]:
+    """A param as JSON: its bounds only where it has them, its default only if it has one."""
+    shown: dict[str, Any] = {"name": spec.name, "type": spec.type, "description": spec.description}
+    if spec.default:
+        shown["default"] = spec.default
+    if spec.HasField("minimum"):
+        shown["minimum"] = spec.minimum
+    if spec.HasField("maximum"):
+        shown["maximum"] = spec.maximum
+    if spec.choices:
+        shown["choices"] = list(spec.choices)
+    return shown
 
 
 async def list_functions(request: Request) -> Response:
@@ -353,7 +356,10 @@ async def list_functions(request: Request) -> Response:
             dcf_pb2.ListFunctionsRequest(), metadata=metadata, timeout=30
         )
     except grpc.aio.AioRpcError as exc:
-        return call_error_response(errors.CallError(exc.code(), exc.details() or exc.code().name))
+        reason = errors.reason_in(exc.trailing_metadata())
+        return call_error_response(
+            errors.CallError(exc.code(), exc.details() or exc.code().name, reason)
+        )
     return JSONResponse(
         [_function_json(fn) for fn in reply.functions], headers={"cache-control": "no-store"}
     )

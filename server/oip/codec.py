@@ -16,7 +16,7 @@ import math
 import struct
 from collections.abc import Iterable, Mapping
 
-from handlers.base import InvalidInput, NotFound
+from handlers.errors import InvalidInput, NotFound
 from protos.inference import grpc_predict_v2_pb2 as pb
 
 INPUT = "INPUT"

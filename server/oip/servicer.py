@@ -18,7 +18,7 @@ import importlib.metadata
 
 import grpc
 
-from handlers.base import InvalidInput
+from handlers.errors import InvalidInput
 from protos.inference import grpc_predict_v2_pb2 as pb
 from protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from server.config import FunctionConfig

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping
 
-from handlers.base import InvalidInput, Params, TooLarge
+import grpc
+
+from handlers.base import Params
+from handlers.errors import InvalidInput, TooLarge
 from protos.dcf.v1 import dcf_pb2
 from server.rpc.server import Malformed
 
@@ -39,25 +42,53 @@ async def read_chunks(requests: AsyncIterator[dcf_pb2.CallRequest]) -> AsyncIter
         yield request.chunk
 
 
+class InputLimit:
+    """A function's input size limit, counted chunk by chunk as the input arrives."""
+
+    def __init__(self, function: str, max_bytes: int) -> None:
+        self.function, self.max_bytes, self.total = function, max_bytes, 0
+
+    def count(self, chunk: bytes) -> bytes:
+        """``chunk``, or TooLarge the moment the input passes ``max_bytes`` (0: no limit)."""
+        self.total += len(chunk)
+        if self.max_bytes and self.total > self.max_bytes:
+            raise TooLarge(f"{self.function}: input exceeds the limit of {self.max_bytes} bytes")
+        return chunk
+
+
 async def limited(
     chunks: AsyncIterator[bytes], function: str, max_bytes: int
 ) -> AsyncIterator[bytes]:
-    """``chunks``, raising TooLarge as soon as more than ``max_bytes`` (0: no limit) pass."""
-    total = 0
+    """``chunks``, raising TooLarge as soon as more than ``max_bytes`` pass."""
+    limit = InputLimit(function, max_bytes)
     async for chunk in chunks:
-        total += len(chunk)
-        if max_bytes and total > max_bytes:
-            raise TooLarge(f"{function}: input exceeds the limit of {max_bytes} bytes")
-        yield chunk
+        yield limit.count(chunk)
 
 
-def check_params(function: str, given: Mapping[str, str], accepted: Mapping[str, str]) -> Params:
+def check_params(function: str, given: Mapping[str, str], accepted: Mapping[str, object]) -> Params:
     """Params as the handler reads them; a name the function does not take is refused."""
     unknown = sorted(set(given) - set(accepted))
     if unknown:
         takes = ", ".join(sorted(accepted)) or "no params"
         raise InvalidInput(f"{function}: unknown param {', '.join(unknown)} (it takes {takes})")
     return Params(given)
+
+
+async def send_call(
+    call: grpc.aio.StreamStreamCall,
+    header: dcf_pb2.CallHeader,
+    chunks: AsyncIterator[bytes],
+    chunk_bytes: int = 0,
+) -> None:
+    """Write a Call stream to the next hop: ``header``, each non-empty chunk (cut to at
+    most ``chunk_bytes``, if given), then the half-close. What the writes raise when
+    the peer has ended the call is the caller's to handle."""
+    await call.write(dcf_pb2.CallRequest(header=header))
+    async for chunk in chunks:
+        for piece in resplit(chunk, chunk_bytes) if chunk_bytes else (chunk,):
+            if piece:
+                await call.write(dcf_pb2.CallRequest(chunk=piece))
+    await call.done_writing()
 
 
 def resplit(chunk: bytes, size: int) -> Iterable[bytes]:

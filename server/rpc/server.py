@@ -23,7 +23,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from handlers.base import InvalidInput
+from handlers.errors import InvalidInput
 from server.rpc.address import join
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,11 @@
-"""The one place where errors become gRPC statuses.
+"""The one place where errors become gRPC statuses, and statuses errors again.
 
-Handlers and the gateway raise ``handlers.base.FunctionError`` subclasses, which
-carry a status name and a one-line reason; this module turns them into statuses.
-Anything else is a bug: its traceback goes to the server log and the caller gets
-INTERNAL with a generic message, never the traceback.
+Handlers, the gateway and the fronts raise ``handlers.errors.FunctionError``
+subclasses; this module ends calls with their status, sending their reason in the
+``dcf-reason`` trailing metadata (and in a failure record's ``reason``), and turns
+a peer's status back into an error with its reason. Anything else is a bug: its
+traceback goes to the server log and the caller gets INTERNAL with a generic
+message, never the traceback.
 """
 
 from __future__ import annotations
@@ -14,19 +16,20 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from handlers.base import FunctionError
+from handlers.errors import REASON_KEY, FunctionError, reason_for
 from protos.dcf.v1 import dcf_pb2
 
 log = logging.getLogger(__name__)
 
 
 class CallError(FunctionError):
-    """A status to return as is, e.g. one relayed from a worker."""
+    """A status to return as is, e.g. one relayed from a worker, with its reason."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str = "") -> None:
         super().__init__(message)
         self.code = code
         self.status = code.name
+        self.reason = reason_for(code.name, reason)
 
 
 def code_of(exc: BaseException) -> grpc.StatusCode:
@@ -40,15 +43,36 @@ def code_of(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The gRPC code and one-line message a caller should see for ``exc``."""
+def error_of(exc: BaseException) -> CallError:
+    """What a caller should see for ``exc``: its code, reason and one-line message.
+
+    Logs the traceback of anything that is not a FunctionError: a bug.
+    """
     if isinstance(exc, CallError):
-        return exc.code, exc.message
+        return exc
     if isinstance(exc, FunctionError):
         code = getattr(grpc.StatusCode, exc.status, grpc.StatusCode.INTERNAL)
-        return code, _one_line(exc.message)
+        return CallError(code, _one_line(exc.message), exc.reason)
     log.error("internal error", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, "internal error in the function (see the server log)"
+    return CallError(
+        grpc.StatusCode.INTERNAL, "internal error in the function (see the server log)"
+    )
+
+
+def _trailers(
+    context: grpc.aio.ServicerContext, reason: str
+) -> tuple[tuple[str, str | bytes], ...]:
+    """The call's trailing metadata so far (its request id), and the reason."""
+    kept = tuple((k, v) for k, v in context.trailing_metadata() or () if k != REASON_KEY)
+    return (*kept, (REASON_KEY, reason))
+
+
+def reason_in(metadata: object) -> str:
+    """The ``dcf-reason`` in a peer's trailing metadata, or ""."""
+    for key, value in metadata or ():  # type: ignore[attr-defined]
+        if key == REASON_KEY:
+            return value if isinstance(value, str) else value.decode("ascii", "replace")
+    return ""
 
 
 def _one_line(message: str) -> str:
@@ -58,8 +82,10 @@ def _one_line(message: str) -> str:
 
 async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     """End the call with the status for ``exc``, keeping its trailing metadata; never returns."""
-    code, message = status_of(exc)
-    await context.abort(code, message, trailing_metadata=context.trailing_metadata() or ())
+    error = error_of(exc)
+    await context.abort(
+        error.code, error.message, trailing_metadata=_trailers(context, error.reason)
+    )
 
 
 # How long a stream that failed stays open after its failure record, so that the
@@ -74,22 +100,34 @@ async def fail_stream(
 
     Use as ``async for r in fail_stream(...): yield r``; it ends by aborting the call.
     """
-    code, message = status_of(exc)
+    error = error_of(exc)
     if input_pending:
-        yield dcf_pb2.CallResponse(failure=dcf_pb2.CallFailure(code=code.name, message=message))
+        record = dcf_pb2.CallFailure(
+            code=error.code.name, message=error.message, reason=error.reason
+        )
+        yield dcf_pb2.CallResponse(failure=record)
         await asyncio.sleep(RECORD_GRACE_SECONDS)
-    await context.abort(code, message, trailing_metadata=context.trailing_metadata() or ())
+    await context.abort(
+        error.code, error.message, trailing_metadata=_trailers(context, error.reason)
+    )
 
 
 def failure_error(failure: dcf_pb2.CallFailure) -> CallError:
     """The error a failure record announces."""
     code = getattr(grpc.StatusCode, failure.code, grpc.StatusCode.UNKNOWN)
-    return CallError(code, failure.message)
+    return CallError(code, failure.message, failure.reason)
 
 
 # What grpcio's asyncio client reports, in place of the peer's status, when a write
 # fails because the peer already ended the call (grpc/aio/_call.py, the write path).
 _CORE_WRITE_ERROR = "Internal error from Core"
+
+
+async def upstream_error(call: grpc.aio.Call, exc: grpc.aio.AioRpcError) -> CallError:
+    """The error the peer of ``call`` really ended it with (see ``upstream_status``)."""
+    code, details = await upstream_status(call, exc)
+    trailers = await call.trailing_metadata() or exc.trailing_metadata()
+    return CallError(code, details or code.name, reason_in(trailers))
 
 
 async def upstream_status(

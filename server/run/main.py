@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
-from handlers.base import FunctionError
+from handlers.errors import FunctionError
 from protos.dcf.v1 import dcf_pb2
 from server.config import ConfigError, Settings
 from server.gateway.core import Gateway, GatewayServicer

@@ -21,7 +21,8 @@ import threading
 from collections.abc import AsyncGenerator, Coroutine, Iterator
 from typing import Any
 
-from handlers.base import Cancelled, Function, Params, Request
+from handlers.base import Function, Params, Request
+from handlers.errors import Cancelled
 
 _END = object()
 

@@ -9,19 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 
-from handlers.base import Reply, Request, TooLarge
+from handlers.base import Reply, Request
 from server.config import Settings
-from server.rpc.framing import check_params
+from server.rpc.framing import InputLimit, check_params
 from server.worker.servicer import load_function
 
 
 def _limited(chunks: Iterable[bytes], name: str, max_bytes: int) -> Iterator[bytes]:
-    total = 0
-    for chunk in chunks:
-        total += len(chunk)
-        if max_bytes and total > max_bytes:
-            raise TooLarge(f"{name}: input exceeds the limit of {max_bytes} bytes")
-        yield chunk
+    limit = InputLimit(name, max_bytes)
+    return (limit.count(chunk) for chunk in chunks)
 
 
 def run_local(

@@ -31,7 +31,9 @@ from scipy.signal import ShortTimeFFT
 from scipy.signal.windows import hann
 
 from handlers import send_wav
-from handlers.base import FunctionError, InvalidInput, Params, Request, TooLarge
+from handlers import spectrogram as engine
+from handlers.base import Params, Request
+from handlers.errors import FunctionError, InvalidInput, TooLarge
 from handlers.wav import FLOAT_LIMIT, open_wav, read_wav
 from tests.support import call_requests, collect_call
 from tests.support import original_send_wav as original
@@ -695,11 +697,11 @@ def test_function_lists_its_params(fn):
 
 def streamed(
     samples: np.ndarray, binsize: int, hop: int, columns: int, frames: int | None, seed: int = 0
-) -> send_wav.Pooled:
+) -> engine.Pooled:
     """The handler's STFT of ``samples``, fed in blocks of random sizes, one band a bin."""
     bins = np.arange(binsize // 2 + 1)
-    spectrogram = send_wav.Spectrogram(
-        binsize, hop, send_wav.Bands.of_rows(bins, bins + 1), columns, frames
+    spectrogram = engine.Spectrogram(
+        binsize, hop, engine.Bands.of_rows(bins, bins + 1), columns, frames
     )
     rng, start = np.random.default_rng(seed), 0
     while start < len(samples):
@@ -715,7 +717,7 @@ def test_streamed_stft_is_the_originals(binsize, overlap):
     samples[1000:2500] = 0.0  # digital silence: -inf dB, left out of the range
     reference = original.stft(samples, binsize, overlap)
     hop = binsize - math.floor(overlap * binsize)
-    assert send_wav.stft_frames(len(samples), binsize, hop) == len(reference)
+    assert engine.stft_frames(len(samples), binsize, hop) == len(reference)
     with np.errstate(divide="ignore"):
         expected = 20.0 * np.log10(np.abs(reference) / 1e-5)
     pooled = streamed(samples, binsize, hop, columns=len(reference), frames=len(reference))
@@ -723,15 +725,15 @@ def test_streamed_stft_is_the_originals(binsize, overlap):
     assert np.array_equal(np.isneginf(pooled.groups), np.isneginf(expected))
     finite = np.isfinite(expected)
     assert np.allclose(pooled.groups[finite], expected[finite], atol=1e-3)
-    assert send_wav.decibels(pooled.high_power) == pytest.approx(expected[finite].max(), abs=1e-9)
-    assert send_wav.decibels(pooled.low_power) == pytest.approx(expected[finite].min(), abs=1e-9)
+    assert engine.decibels(pooled.high_power) == pytest.approx(expected[finite].max(), abs=1e-9)
+    assert engine.decibels(pooled.low_power) == pytest.approx(expected[finite].min(), abs=1e-9)
 
 
 def test_streamed_stft_agrees_with_scipy_short_time_fft():
     """An independent framing: scipy's ShortTimeFFT with the symmetric Hann window."""
     binsize, hop = 1024, 512
     samples = np.random.default_rng(4).standard_normal(20000)
-    frames = send_wav.stft_frames(len(samples), binsize, hop)
+    frames = engine.stft_frames(len(samples), binsize, hop)
     stft = ShortTimeFFT(hann(binsize, sym=True), hop=hop, fs=RATE)
     reference = np.abs(stft.stft(samples, p0=0, p1=frames).T)
     pooled = streamed(samples, binsize, hop, columns=frames, frames=frames, seed=5)
@@ -742,7 +744,7 @@ def test_column_pooling_is_a_max_even_across_blocks():
     """binsize 16384 makes blocks of 16 frames, so most column groups span several."""
     samples = np.random.default_rng(4).standard_normal(300 * 8192)
     binsize, hop = 16384, 8192
-    frames = send_wav.stft_frames(len(samples), binsize, hop)
+    frames = engine.stft_frames(len(samples), binsize, hop)
     full = streamed(samples, binsize, hop, columns=frames, frames=frames).groups
     pooled = streamed(samples, binsize, hop, columns=7, frames=frames).groups
     edges = (np.arange(8) * frames) // 7
@@ -754,7 +756,7 @@ def test_unknown_length_pools_in_doubling_groups():
     columns; the picture's columns are then whole groups."""
     samples = np.random.default_rng(6).standard_normal(301 * 512)
     binsize, hop, columns = 1024, 512, 10
-    frames = send_wav.stft_frames(len(samples), binsize, hop)
+    frames = engine.stft_frames(len(samples), binsize, hop)
     full = streamed(samples, binsize, hop, columns=frames, frames=frames).groups
     pooled = streamed(samples, binsize, hop, columns=columns, frames=None).groups
     width = 1

@@ -30,7 +30,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from handlers import detector, images, ssd
-from handlers.base import Function, InvalidInput, Params, Reply, Request
+from handlers.base import Function, Params, Reply, Request
+from handlers.errors import InvalidInput
 from handlers.model_fetch import LABELS_NAME, MODEL_NAME, default_model_dir
 
 REPO = Path(__file__).resolve().parents[2]

@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 from handlers import ssd, ssd_video
-from handlers.base import Cancelled, Function, InvalidInput, Params, Reply, Request
+from handlers.base import Function, Params, Reply, Request
+from handlers.errors import Cancelled, InvalidInput
 from handlers.model_fetch import default_model_dir
 from tests.support.media import make_video
 

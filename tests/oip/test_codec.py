@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from handlers.base import InvalidInput, Params
+from handlers.base import Params
+from handlers.errors import InvalidInput
 from protos.inference import grpc_predict_v2_pb2 as pb
 from server.oip import codec
 

@@ -40,7 +40,7 @@ def assert_error(reply: httpx.Response, status: int, code: str) -> dict:
     assert reply.status_code == status, reply.text
     assert reply.headers["content-type"] == "application/json"
     body = reply.json()
-    assert set(body) == {"code", "message"} and body["code"] == code, body
+    assert set(body) == {"code", "reason", "message"} and body["code"] == code, body
     return body
 
 

@@ -22,12 +22,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, Mapping
 from pathlib import Path
 
 import yaml
 
 from protos.dcf.v1 import dcf_pb2
+from protos.dcf.v1.calls import call_requests, collect_call
 from server.testing import (
     REGISTRY,
     ROOT,
@@ -60,31 +61,6 @@ __all__ = [
     "wait_serving",
     "write_registry",
 ]
-
-
-def call_requests(
-    function: str, chunks: Iterable[bytes], params: Mapping[str, str] | None = None
-) -> Iterator[dcf_pb2.CallRequest]:
-    """A Call's request stream: the header naming ``function``, then ``chunks`` as they come."""
-    header = dcf_pb2.CallHeader(function=function)
-    header.params.update(params or {})
-    yield dcf_pb2.CallRequest(header=header)
-    for chunk in chunks:
-        yield dcf_pb2.CallRequest(chunk=chunk)
-
-
-def collect_call(responses: Iterable[dcf_pb2.CallResponse]) -> tuple[str, bytes, list[bytes]]:
-    """(content type, body from chunks, list of results) of a Call's responses."""
-    content_type, body, results = "", [], []
-    for response in responses:
-        kind = response.WhichOneof("kind")
-        if kind == "header":
-            content_type = response.header.content_type
-        elif kind == "chunk":
-            body.append(response.chunk)
-        else:
-            results.append(response.result)
-    return content_type, b"".join(body), results
 
 
 async def collect_call_async(

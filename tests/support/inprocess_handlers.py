@@ -18,7 +18,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from handlers.base import Function, InvalidInput, Reply, Request, TooLarge
+from handlers.base import Function, Param, Reply, Request, declare
+from handlers.errors import InvalidInput, TooLarge
 
 # The longest a blocked handler waits for its release: a test that forgets to release
 # it fails instead of hanging its worker's thread for ever.
@@ -79,15 +80,19 @@ ERRORS: Mapping[str, Callable[[], BaseException]] = {
 }
 
 
+ERROR = Param("error", "string", "what to raise", default="bug", choices=tuple(ERRORS))
+COUNT = Param("count", "integer", "how many results", default=100, low=0, high=1_000_000)
+
+
 def raises(probe: Probe) -> Function:
     """Reads its whole input, then raises the error its ``error`` param names (a bug)."""
 
     def handle(request: Request) -> Reply:
-        kind = request.params.get_str("error", "bug", choices=ERRORS)
+        kind = ERROR.text(request.params)
         request.read()
         raise ERRORS[kind]()
 
-    return Function(handle=handle, params={"error": f"one of {', '.join(ERRORS)}"})
+    return Function(handle=handle, params=declare(ERROR))
 
 
 def blocking(probe: Probe) -> Function:
@@ -111,14 +116,14 @@ def parts(probe: Probe) -> Function:
             yield json.dumps({"part": i}).encode()
 
     def handle(request: Request) -> Reply:
-        count = request.params.get_int("count", 100, low=0, high=1_000_000)
+        count = COUNT.integer(request.params)
         request.read()
         return Reply("application/json", _watched(numbered(count), probe), partial_results=True)
 
     def collect(results: Iterable[bytes]) -> bytes:
         return b"[" + b",".join(results) + b"]"
 
-    return Function(handle=handle, params={"count": "how many results (100)"}, collect=collect)
+    return Function(handle=handle, params=declare(COUNT), collect=collect)
 
 
 BEHAVIOURS: Mapping[str, Callable[[Probe], Function]] = {

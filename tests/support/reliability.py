@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
+from protos.dcf.v1.calls import call_requests
 from tests.support import Service
 
 # The codes a caller may ever see for its own input: anything else is a bug.
@@ -53,19 +54,6 @@ def invoke(
     return Outcome("OK", "", reply.content_type, reply.output, seconds=time.monotonic() - started)
 
 
-def requests(
-    function: str,
-    chunks: Iterable[bytes],
-    params: Mapping[str, str] | None = None,
-    collect: bool = False,
-):
-    header = dcf_pb2.CallHeader(function=function, collect=collect)
-    header.params.update(dict(params or {}))
-    yield dcf_pb2.CallRequest(header=header)
-    for chunk in chunks:
-        yield dcf_pb2.CallRequest(chunk=chunk)
-
-
 def pieces(data: bytes, size: int) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)]
 
@@ -84,7 +72,9 @@ def call(
     outcome = Outcome("OK")
     body: list[bytes] = []
     announced: dcf_pb2.CallFailure | None = None
-    messages = stream if stream is not None else requests(function, chunks, params, collect)
+    messages = (
+        stream if stream is not None else call_requests(function, chunks, params, collect=collect)
+    )
     try:
         for response in stub.Call(messages, timeout=timeout):
             kind = response.WhichOneof("kind")

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from handlers.base import DeadlineExceeded, Overloaded
+from handlers.errors import DeadlineExceeded, Overloaded
 from server.admission import Admission
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from handlers.base import Function, InvalidInput, Params, TooLarge
+from handlers.base import Function, Params
+from handlers.errors import InvalidInput, TooLarge
 from server.worker.bridge import HandlerRun, Header
 from tests.support import inprocess_handlers as behaviours
 from tests.support.inprocess import until

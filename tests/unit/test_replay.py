@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from handlers.base import TooLarge
+from handlers.errors import TooLarge
 from server.gateway.replay import ReplayableInput
 
 INPUTS = {
