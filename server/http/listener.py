@@ -202,6 +202,7 @@ class FrontProtocol(H11Protocol):
             body = json.dumps(
                 {
                     "code": "DEADLINE_EXCEEDED",
+                    "reason": "DEADLINE_EXCEEDED",
                     "message": f"the request body stalled: nothing came for "
                     f"{self.options.body_timeout:g} s",
                 }
@@ -231,7 +232,13 @@ class FrontProtocol(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         """A request h11 cannot parse: the API's JSON error, with the front's headers."""
-        body = json.dumps({"code": "INVALID_ARGUMENT", "message": "invalid HTTP request"}).encode()
+        body = json.dumps(
+            {
+                "code": "INVALID_ARGUMENT",
+                "reason": "INVALID_INPUT",
+                "message": "invalid HTTP request",
+            }
+        ).encode()
         self._write_answer(400, body)
         self.transport.close()
 
@@ -406,6 +413,7 @@ def _busy_answer() -> bytes:
     body = json.dumps(
         {
             "code": "UNAVAILABLE",
+            "reason": "UNAVAILABLE",
             "message": "the HTTP front has no free connection: try again shortly",
         }
     ).encode()

@@ -439,7 +439,7 @@ def test_disconnect_cancels_the_call(dcf, api):
         time.sleep(0.05)
     after = ended()
     gateway = re.search(
-        rf"server\.gateway\[\d+\]: call {request_id} hello-dcf (\w+)", dcf.log.read_text()
+        rf"server\.gateway\.core\[\d+\]: call {request_id} hello-dcf (\w+)", dcf.log.read_text()
     )
     assert gateway is not None and gateway[1] in ("CANCELLED", "OK"), gateway
     assert after[gateway[1]] == before[gateway[1]] + 1, (before, after)

@@ -366,8 +366,8 @@ def test_abandoned_calls_leave_nothing_behind(spooled, tmp_path):
         log = log_since(service, offset)
         pattern = r"server\.{}\[\d+\]: call (\S+) \S+ ([A-Z_]+) "
         return (
-            dict(re.findall(pattern.format("worker"), log)),
-            dict(re.findall(pattern.format("gateway"), log)),
+            dict(re.findall(pattern.format("worker\\.servicer"), log)),
+            dict(re.findall(pattern.format("gateway\\.core"), log)),
         )
 
     def ended() -> tuple[dict[str, str], dict[str, str]]:

@@ -56,7 +56,7 @@ def calls_made(dcf: Service, function: str) -> float:
 
 def gateway_line(log: Path, request_id: str) -> re.Match | None:
     return re.search(
-        rf"server\.gateway\[\d+\]: call {re.escape(request_id)} (\S+) (\w+)",
+        rf"server\.gateway\.core\[\d+\]: call {re.escape(request_id)} (\S+) (\w+)",
         log.read_text(errors="replace"),
     )
 
