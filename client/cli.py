@@ -9,6 +9,10 @@ Results go to standard output as they arrive: text and JSON as text, partial res
 (ssd-video's frames) as JSON lines, binary results (PNG) as raw bytes, or base64 with
 --base64. Errors go to standard error as one line, ``error: <STATUS>: <message>``, with a
 non-zero exit status.
+
+Calls go through the library's ``Client`` (client/library.py), like any program's;
+this module only parses arguments and prints. ``--local`` runs the handler in process
+(server/worker/local.py) instead.
 """
 
 from __future__ import annotations
@@ -19,14 +23,13 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import BinaryIO
 
-import grpc
-
 from client.errors import CliError
+from client.exceptions import DcfError
+from client.inputs import CHUNK_BYTES
+from client.library import Client
 from client.output import Output
-from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
+from client.wire import DEFAULT_ADDRESS
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
-CHUNK_BYTES = 1 << 20
 PROGRESS_MIN_BYTES = 8 << 20
 COMMANDS = {"call": "call a function", "list": "list the functions"}
 _USAGE = {
@@ -143,8 +146,20 @@ def parse_params(items: Iterable[str]) -> dict[str, str]:
     return params
 
 
+def _read(source: BinaryIO) -> bytes:
+    try:
+        return source.read(CHUNK_BYTES)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise CliError("INVALID_ARGUMENT", f"cannot read the input: {reason}") from None
+
+
 def read_chunks(source: BinaryIO, size: int | None) -> Iterator[bytes]:
-    """The input in chunks, with a progress bar on a terminal for large inputs."""
+    """The input in chunks, with a progress bar on a terminal for large inputs.
+
+    A failed read is a CliError: the library raises it in the caller's thread, so that
+    it is reported as one line like any other failure.
+    """
     progress = None
     if sys.stderr.isatty() and (size is None or size >= PROGRESS_MIN_BYTES):
         from tqdm import tqdm
@@ -158,7 +173,7 @@ def read_chunks(source: BinaryIO, size: int | None) -> Iterator[bytes]:
             leave=False,
         )
     try:
-        while chunk := source.read(CHUNK_BYTES):
+        while chunk := _read(source):
             if progress is not None:
                 progress.update(len(chunk))
             yield chunk
@@ -167,47 +182,24 @@ def read_chunks(source: BinaryIO, size: int | None) -> Iterator[bytes]:
             progress.close()
 
 
-def _requests(
-    function: str, params: dict[str, str], chunks: Iterable[bytes]
-) -> Iterator[dcf_pb2.CallRequest]:
-    header = dcf_pb2.CallHeader(function=function)
-    header.params.update(params)
-    yield dcf_pb2.CallRequest(header=header)
-    for chunk in chunks:
-        yield dcf_pb2.CallRequest(chunk=chunk)
-
-
-def open_channel(args: argparse.Namespace) -> grpc.Channel:
-    if not args.ca:
-        return grpc.insecure_channel(args.address)
+def open_client(args: argparse.Namespace) -> Client:
+    """The library's client for the connection options; a CA that cannot be read is
+    INVALID_ARGUMENT, as any other unusable argument."""
     try:
-        with open(args.ca, "rb") as pem:
-            credentials = grpc.ssl_channel_credentials(root_certificates=pem.read())
+        return Client(args.address, token=args.token, ca=args.ca, timeout=args.timeout)
     except OSError as exc:
         raise CliError("INVALID_ARGUMENT", f"cannot read CA {args.ca}: {exc.strerror}") from None
-    return grpc.secure_channel(args.address, credentials)
-
-
-def call_metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {args.token}"),) if args.token else ()
 
 
 def call_remote(
     args: argparse.Namespace, params: dict[str, str], chunks: Iterable[bytes], out: Output
 ) -> None:
-    with open_channel(args) as channel:
-        stub = dcf_pb2_grpc.GatewayStub(channel)
-        requests = _requests(args.function, params, chunks)
-        for response in stub.Call(requests, timeout=args.timeout, metadata=call_metadata(args)):
-            kind = response.WhichOneof("kind")
-            if kind == "header":
-                out.begin(response.header.content_type, response.header.partial_results)
-            elif kind == "chunk":
-                out.chunk(response.chunk)
-            elif kind == "result":
-                out.result(response.result)
-            elif kind == "failure":
-                raise CliError(response.failure.code, response.failure.message)
+    with open_client(args) as dcf, dcf.stream(args.function, chunks, **params) as answer:
+        header = answer.header()
+        out.begin(header.content_type, header.partial_results)
+        write = out.result if header.partial_results else out.chunk
+        for piece in answer.raw():
+            write(piece)
     out.end()
 
 
@@ -225,12 +217,10 @@ def call_local(
 
 
 def list_functions(args: argparse.Namespace) -> None:
-    with open_channel(args) as channel:
-        reply = dcf_pb2_grpc.GatewayStub(channel).ListFunctions(
-            dcf_pb2.ListFunctionsRequest(), timeout=args.timeout, metadata=call_metadata(args)
-        )
-    width = max((len(fn.name) for fn in reply.functions), default=0)
-    for fn in reply.functions:
+    with open_client(args) as dcf:
+        functions = dcf.list()
+    width = max((len(fn.name) for fn in functions), default=0)
+    for fn in functions:
         types = f"{fn.input_content_type} -> {fn.output_content_type}"
         aliases = f" (alias {', '.join(fn.aliases)})" if fn.aliases else ""
         print(f"{fn.name:<{width}}  {fn.description}  [{types}]{aliases}")
@@ -259,8 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except grpc.RpcError as exc:
-        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+    except DcfError as exc:
+        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
         return 1
     except CliError as exc:
         print(f"error: {exc.status}: {exc.message}", file=sys.stderr)
@@ -273,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: CANCELLED: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # any error: --local runs handlers in process
-        from handlers.base import FunctionError
+        from handlers.errors import FunctionError
 
         if isinstance(exc, FunctionError):
             print(f"error: {exc.status}: {exc.message}", file=sys.stderr)

@@ -18,7 +18,9 @@ A call's way, and the folder of each step:
   public testing API (start a served instance from a test).
 
 Imports run one way: ``run`` may import every role; ``http``, ``oip``, ``gateway``
-and ``worker`` import ``rpc`` and the top-level modules (``oip`` also the gateway it
-adapts), never each other; ``rpc`` imports only the top level; nothing imports
-``run``. Nothing here is imported by ``handlers/``.
+and ``worker`` import ``rpc`` and the top-level modules, not each other, with two
+exceptions that follow the data: ``oip`` imports the gateway it adapts, and ``http``
+imports ``oip.codec``, the Open Inference model mapping its ``/v2`` shares with the
+gRPC adapter. ``rpc`` imports only the top level; nothing imports ``run``. Nothing
+here is imported by ``handlers/``.
 """

@@ -161,13 +161,14 @@ def start_service(
     config = tmp / "functions.yaml"
     document = write_registry(config, extra, server)
     log = tmp / "server.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server", "--config", str(config), *(args or [])],
-        cwd=ROOT,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-    )
+    with log.open("wb") as output:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server", "--config", str(config), *(args or [])],
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
     service = Service(process, f"127.0.0.1:{document['server']['port']}", config, document, log)
     given = list(args or [])
     if "--http-port" in given:

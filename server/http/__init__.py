@@ -2,15 +2,20 @@
 
     POST /v1/functions/{name}?param=value    body in, the function's answer out, both streamed
     GET  /v1/functions                       the functions, as JSON
+    /v2/...                                  Open Inference over HTTP (KServe v2 REST)
+    GET  /openapi.json, /docs                the API as OpenAPI 3.1, and a page rendering it
     GET  /                                   the page: server/http/web/ (HTML, JS, CSS)
 
-It is a gRPC client of the gateway like any other (imports: ``server.rpc`` and the
-top level, no other role). ``api`` holds the request handlers; ``app.create_app``
-makes the ASGI app (Starlette); ``serve.run_http`` serves it with uvicorn in the
-caller's event loop until a stop event: the embedded default runs it beside the
-gateway (``serve_beside_gateway``, over a loopback channel), ``python -m server
-http`` alone (``serve_role``). ``options`` reads its settings, ``guard`` and
-``listener`` hold the defences below.
+It is a gRPC client of the gateway like any other (imports: ``server.rpc``, the top
+level, and of the Open Inference role only its pure model mapping,
+``server.oip.codec``). ``api`` holds the /v1 handlers; ``v2`` the /v2 ones, each a
+call of the gateway's inference service, with ``v2_wire`` converting their bodies and
+``body`` reading them within bounds; ``openapi`` writes the description from the
+registry. ``app.create_app`` makes the ASGI app (Starlette); ``serve.run_http``
+serves it with uvicorn in the caller's event loop until a stop event: the embedded
+default runs it beside the gateway (``serve_beside_gateway``, over a loopback
+channel), ``python -m server http`` alone (``serve_role``). ``options`` reads its
+settings, ``guard`` and ``listener`` hold the defences below.
 
 Safe by default, because a browser on the same machine is a caller too:
 

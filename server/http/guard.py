@@ -38,6 +38,8 @@ PAGE_POLICY = (
     "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
+# The documents that get PAGE_POLICY: the page, and the API's description (/docs).
+PAGES = frozenset({"/", "/docs"})
 # Everything else (API answers, errors) is data, never a document that runs or loads anything.
 DATA_POLICY = "default-src 'none'; frame-ancestors 'none'; sandbox"
 
@@ -158,7 +160,7 @@ class BrowserGuard:
 def _with_security_headers(scope: Scope, send: Send) -> Send:
     """``send``, adding a CSP and ``nosniff`` to the answer's head unless it has its own."""
     path = scope.get("path", "")
-    policy = PAGE_POLICY if path == "/" or path.startswith("/static/") else DATA_POLICY
+    policy = PAGE_POLICY if path in PAGES or path.startswith("/static/") else DATA_POLICY
 
     async def secured(message: Message) -> None:
         if message["type"] == "http.response.start":

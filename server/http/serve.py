@@ -16,6 +16,7 @@ import uvicorn
 
 from server.config import ConfigError
 from server.http.app import create_app
+from server.http.body import BodyLimits
 from server.http.listener import MAX_HEAD_BYTES, FrontServer, connection_cap, listen
 from server.http.options import FrontOptions, front_options, front_values
 from server.rpc.address import bracketed, loopback
@@ -39,6 +40,7 @@ async def run_http(
     tls_key: str = "",
     grace_seconds: float = 10.0,
     options: FrontOptions | None = None,
+    limits: BodyLimits | None = None,
 ) -> int:
     """Serve the HTTP front on ``host:port`` until ``stop`` is set; 0, or 2 if it cannot start.
 
@@ -50,7 +52,12 @@ async def run_http(
         log.error("HTTP: TLS needs both DCF_TLS_CERT and DCF_TLS_KEY")
         return 2
     app = create_app(
-        gateway_address, credentials, channel_options, options=options, bound_host=host
+        gateway_address,
+        credentials,
+        channel_options,
+        options=options,
+        bound_host=host,
+        limits=limits,
     )
     config = uvicorn.Config(
         app,
@@ -138,6 +145,11 @@ def _channel_options(settings: Settings) -> list[tuple[str, Any]]:
     return message_options(settings.max_invoke_bytes + MESSAGE_SLACK)
 
 
+def _limits(settings: Settings) -> BodyLimits:
+    """The /v2 infer bodies' bounds: the gateway's own unary limits."""
+    return BodyLimits(settings.max_invoke_bytes, settings.max_unary_bytes)
+
+
 def _options(settings: Settings) -> FrontOptions | None:
     """The front's options, or None (logged) when one cannot be used."""
     try:
@@ -174,6 +186,7 @@ async def serve_role(
         tls_key=settings.tls_key,
         grace_seconds=settings.grace_seconds,
         options=options,
+        limits=_limits(settings),
     )
 
 
@@ -215,6 +228,7 @@ async def serve_beside_gateway(
             tls_key=settings.tls_key,
             grace_seconds=settings.grace_seconds,
             options=options,
+            limits=_limits(settings),
         )
     except Exception:  # any error: the service stops rather than run without its front
         log.exception("HTTP front failed")

@@ -58,6 +58,18 @@ def test_errors_are_one_line_with_status(dcf):
     assert done.returncode != 0 and done.stderr.decode().startswith("error: UNAVAILABLE: ")
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs Linux's /proc")
+def test_a_failed_read_is_one_line(dcf):
+    """An input that fails mid-read (/proc/self/mem cannot be read at offset 0: EIO)."""
+    for where in (["--address", dcf.address], ["--local"]):
+        done = client("call", "hello-dcf", "/proc/self/mem", *where)
+        assert done.returncode == 1
+        assert done.stdout == b""
+        assert done.stderr == (
+            b"error: INVALID_ARGUMENT: cannot read the input: Input/output error\n"
+        )
+
+
 def test_local_fault_is_one_line(dcf):
     """A handler's bug under --local is reported like any failure, not as a traceback."""
     env = {**os.environ, "DCF_CONFIG": str(dcf.config)}  # the registry with ``faulty``

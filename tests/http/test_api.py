@@ -279,7 +279,7 @@ def test_256_mib_echo_keeps_the_front_memory_flat(dcf):
 
 def test_unknown_function_is_404(api):
     assert_error(api.post("/v1/functions/no-such", content=b"x"), 404, "NOT_FOUND", "no-such")
-    assert_error(api.get("/v2/nothing"), 404, "NOT_FOUND")
+    assert_error(api.get("/v3/nothing"), 404, "NOT_FOUND")
 
 
 def test_bad_param_is_400_naming_it(api):

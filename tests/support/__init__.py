@@ -74,13 +74,14 @@ def spawn_server(
     args: list[str], log: Path, env: Mapping[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """``python -m server ARGS`` (one role: gateway, worker, http) with its output in ``log``."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "server", *args],
-        cwd=ROOT,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-    )
+    with log.open("ab") as output:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "server", *args],
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
 
 
 def memory(pid: int) -> dict[str, int]:

@@ -231,3 +231,42 @@ def wait_for(predicate, what: str, timeout: float = 30.0, every: float = 0.05):
         assert time.monotonic() < deadline, f"{what}: not within {timeout:g} s"
         time.sleep(every)
     return result
+
+
+# ---------------------------------------------------------------- tritonclient.http
+
+V2_PROBE = ROOT / "tests" / "http" / "v2_probe.py"
+
+
+def v2_probe(address: str, steps: list[dict], timeout: float = 300) -> list[dict]:
+    """Run ``steps`` with tritonclient's HTTP client against ``address`` (the HTTP front's
+    HOST:PORT) in a process of its own (tests/http/v2_probe.py says why and how)."""
+    done = subprocess.run(
+        [sys.executable, str(V2_PROBE), address],
+        input=json.dumps(steps),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, f"v2 probe failed:\n{done.stderr[-4000:]}"
+    results = json.loads(done.stdout)
+    assert len(results) == len(steps)
+    return results
+
+
+# ---------------------------------------------------------------- a browser
+
+# Debian's chromium, which Playwright drives and never downloads (``make browser``), and
+# how it is started here (tests/http/test_page.py says the same).
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
