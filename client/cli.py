@@ -206,10 +206,11 @@ def call_remote(
 def call_local(
     args: argparse.Namespace, params: dict[str, str], chunks: Iterable[bytes], out: Output
 ) -> None:
-    from server.config import load_settings
+    from server.repository.local import local_settings
     from server.worker.local import run_local
 
-    reply = run_local(load_settings(), args.function, params, chunks)
+    settings, name = local_settings(args.function)  # a registered function, or a folder
+    reply = run_local(settings, name, params, chunks)
     out.begin(reply.content_type, reply.partial_results)
     for part in reply.parts:
         out.result(part) if reply.partial_results else out.chunk(part)

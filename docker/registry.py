@@ -104,7 +104,8 @@ def render_configmap(registry: str) -> str:
     return (
         "# The function registry, mounted into every pod at /etc/dcf (DCF_CONFIG).\n"
         "# Written by `python docker/registry.py`: the same text as docker/functions.yaml.\n"
-        "# After changing it, restart the pods: kubectl -n dcf rollout restart deployment\n"
+        "# The gateway re-reads it when it changes; a worker reads its entry at start:\n"
+        "# kubectl -n dcf rollout restart deployment/NAME after changing NAME's entry.\n"
         "apiVersion: v1\n"
         "kind: ConfigMap\n"
         "metadata:\n"

@@ -10,8 +10,10 @@ A call's way, and the folder of each step:
 
 - ``rpc/``: what every gRPC role shares: starting a server, TLS and tokens, the
   Call stream's framing, errors to statuses, addresses and request ids.
+- ``repository/``: function folders (``function.yaml`` and a handler file): reading
+  and loading them, the scaffold, watching them while serving, and ``ship``.
 - ``run/``: the composition root: the command line, ``main``, the supervisor of
-  local workers, and the container probe.
+  local workers, live reloads, and the container probe.
 - At the top: ``config.py`` (Settings and the function registry, functions.yaml),
   ``admission.py`` (the bounded queue the gateway and workers both use),
   ``memory.py`` (giving memory back after large calls), and ``testing.py``, the
@@ -21,6 +23,8 @@ Imports run one way: ``run`` may import every role; ``http``, ``oip``, ``gateway
 and ``worker`` import ``rpc`` and the top-level modules, not each other, with two
 exceptions that follow the data: ``oip`` imports the gateway it adapts, and ``http``
 imports ``oip.codec``, the Open Inference model mapping its ``/v2`` shares with the
-gRPC adapter. ``rpc`` imports only the top level; nothing imports ``run``. Nothing
+gRPC adapter; ``worker`` loads folder functions through ``repository``, which
+imports only the top level. ``rpc`` imports only the top level; nothing imports
+``run``. Nothing
 here is imported by ``handlers/``.
 """

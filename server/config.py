@@ -4,11 +4,17 @@ One frozen ``Settings`` object is made in ``main`` and handed down; nothing read
 environment or a file anywhere else. The registry of functions (name, handler module,
 description, limits, worker addresses) is part of the same YAML file, so a
 deployment edits one file, or overrides single values with DCF_* variables and flags.
+
+Functions also come from function folders (server/repository/): every folder under
+``functions_dirs`` that holds a ``function.yaml`` is a function beside the registry's.
+A serving process that sees the folders change makes a new Settings object and swaps
+it in whole; none is ever changed in place.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -18,8 +24,10 @@ from typing import Any
 
 import yaml
 
-from handlers.base import Param
-from handlers.errors import NotFound
+from handlers.base import PARAM_TYPES, Param, Params
+from handlers.errors import InvalidInput, NotFound
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path(__file__).with_name("functions.yaml")
 
@@ -59,6 +67,14 @@ def _seconds(value: Any, name: str) -> float:
     return seconds
 
 
+def _port(value: Any, name: str) -> int:
+    """A TCP port, 0..65535."""
+    port = _count(value, name)
+    if port > 65535:
+        raise ConfigError(f"{name}: expected 0..65535, got {value!r}")
+    return port
+
+
 def parse_size(value: int | str, name: str) -> int:
     """Bytes from an int or a string such as '64MiB', '1G' or '512k' (binary units)."""
     if isinstance(value, bool):
@@ -75,9 +91,118 @@ def parse_size(value: int | str, name: str) -> int:
     return size
 
 
+_PARAM_KEYS = {"name", "type", "help", "default", "range", "choices"}
+
+
+def _param_default(value: Any, kind: str, where: str) -> Any:
+    """A param's default as its type has it; ConfigError when it is not one."""
+    if value is None:
+        return None
+    if kind == "boolean" and isinstance(value, bool):
+        return value
+    if kind == "integer" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind == "number" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind == "string" and isinstance(value, str):
+        return value
+    raise ConfigError(f"{where}.default: expected a {kind}, got {value!r}")
+
+
+def parse_params(entries: Any, where: str) -> dict[str, Param]:
+    """Typed params from their YAML form: a list of {name, type, help, default, range,
+    choices}, as a function folder's function.yaml (and the registry entry written
+    from it) declares them. Each becomes a handlers.base.Param."""
+    if entries is None:
+        return {}
+    if not isinstance(entries, list):
+        raise ConfigError(f"{where}: expected a list of params (name, type, help, default...)")
+    params: dict[str, Param] = {}
+    for index, entry in enumerate(entries):
+        at = f"{where}[{index}]"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{at}: expected a mapping with name and type")
+        unknown = set(entry) - _PARAM_KEYS
+        if unknown:
+            raise ConfigError(f"{at}: unknown keys {sorted(unknown)}")
+        name, kind = entry.get("name"), entry.get("type")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", name):
+            raise ConfigError(f"{at}.name: expected a name such as size, got {name!r}")
+        at = f"{where}.{name}"
+        if name in params:
+            raise ConfigError(f"{at}: declared twice")
+        if kind not in PARAM_TYPES:
+            raise ConfigError(f"{at}.type: expected one of {', '.join(PARAM_TYPES)}, got {kind!r}")
+        low, high = _param_range(entry.get("range"), kind, at)
+        choices = entry.get("choices") or []
+        if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+            raise ConfigError(f"{at}.choices: expected a list of strings")
+        if choices and kind != "string":
+            raise ConfigError(f"{at}.choices: only a string param has choices")
+        default = _param_default(entry.get("default"), kind, at)
+        param = Param(
+            name,
+            kind,
+            str(entry.get("help", "")),
+            default=default,
+            low=low,
+            high=high,
+            choices=tuple(choices),
+        )
+        if default is not None:
+            try:
+                param.read(Params({name: param.wire_default}))
+            except InvalidInput as exc:
+                raise ConfigError(f"{at}.default: {exc.message}") from None
+        params[name] = param
+    return params
+
+
+def _param_range(value: Any, kind: str, where: str) -> tuple[float | None, float | None]:
+    """``range: [low, high]`` (either may be null) of a number or integer param."""
+    if value is None:
+        return None, None
+    if kind not in ("number", "integer"):
+        raise ConfigError(f"{where}.range: only a number or integer param has a range")
+    if not isinstance(value, list) or len(value) != 2:
+        raise ConfigError(f"{where}.range: expected [low, high], got {value!r}")
+    bounds: list[float | None] = []
+    for bound in value:
+        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float))):
+            raise ConfigError(f"{where}.range: expected numbers or null, got {value!r}")
+        bounds.append(None if bound is None else float(bound))
+    low, high = bounds
+    if low is not None and high is not None and low > high:
+        raise ConfigError(f"{where}.range: {low:g} is above {high:g}")
+    return low, high
+
+
+def params_yaml(params: Mapping[str, Param]) -> list[dict[str, Any]]:
+    """``params`` in the YAML form ``parse_params`` reads back."""
+    out = []
+    for param in params.values():
+        entry: dict[str, Any] = {"name": param.name, "type": param.type}
+        if param.help:
+            entry["help"] = param.help
+        if param.default is not None:
+            entry["default"] = param.default
+        if param.low is not None or param.high is not None:
+            entry["range"] = [param.low, param.high]
+        if param.choices:
+            entry["choices"] = list(param.choices)
+        out.append(entry)
+    return out
+
+
 @dataclass(frozen=True)
 class FunctionConfig:
-    """One entry of the function registry."""
+    """One entry of the function registry, or one function folder.
+
+    A registry entry names a handler module. A function folder's (server/repository/)
+    names its handler file (``handler`` ends in ``.py``) or a module, its factory, and
+    the params its function.yaml declares; ``source`` is the folder and ``version`` a
+    digest of its files, which tells one version of it from the next.
+    """
 
     name: str
     handler: str
@@ -97,11 +222,25 @@ class FunctionConfig:
     max_call_seconds: float | None = None
     workers: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
+    source: str = ""  # the function folder, for a folder function; "" for a module's
+    factory: str = "create"  # what the handler file or module calls to make the Function
+    params: Mapping[str, Param] | None = None  # a folder's params; None: the module's PARAMS
+    version: str = ""  # a digest of the folder's files
+    # Where its workers serve Prometheus metrics (server/worker/metrics.py); 0: nowhere.
+    metrics_port: int = 0
 
     def declared_params(self) -> Mapping[str, Param]:
-        """The params the handler module declares (its ``PARAMS``), read by importing the
-        module, which creates nothing: function modules defer their heavy imports."""
+        """The params the function takes: a folder's, as its function.yaml declares them;
+        else the handler module's ``PARAMS``, read by importing the module, which creates
+        nothing: function modules defer their heavy imports."""
+        if self.params is not None:
+            return self.params
         return getattr(importlib.import_module(self.handler), "PARAMS", {})
+
+    @property
+    def handler_file(self) -> str:
+        """The handler's file, for a folder function whose handler is one; else ""."""
+        return self.handler if self.source and self.handler.endswith(".py") else ""
 
     @property
     def queue_size(self) -> int:
@@ -114,25 +253,37 @@ class FunctionConfig:
 
     @classmethod
     def from_yaml(cls, name: str, entry: Mapping[str, Any]) -> FunctionConfig:
+        """A registry entry. One with ``folder`` is a function folder's, as
+        ``python -m server ship`` writes it: its params come with it (from the folder's
+        function.yaml), and its handler file is read from the folder by its workers."""
         if not isinstance(entry, Mapping):
             raise ConfigError(f"functions.{name}: expected a mapping")
-        if "params" in entry:
+        folder = entry.get("folder")
+        if "params" in entry and folder is None:
             raise ConfigError(
                 f"functions.{name}.params: params are declared once, by the handler "
                 f"(PARAMS in {entry.get('handler', 'its module')}), not in the registry"
             )
-        known = {f.name for f in fields(cls)} - {"name"}
+        known = {f.name for f in fields(cls)} - {"name", "source", "version"} | {"folder"}
+        if folder is None:
+            known -= {"factory", "params"}
         unknown = set(entry) - known
         if unknown:
             raise ConfigError(f"functions.{name}: unknown keys {sorted(unknown)}")
         if "handler" not in entry:
             raise ConfigError(f"functions.{name}: 'handler' is required")
+        handler = str(entry["handler"])
+        if folder is not None:
+            if not isinstance(folder, str) or not Path(folder).is_absolute():
+                raise ConfigError(f"functions.{name}.folder: expected an absolute path")
+            if handler.endswith(".py"):
+                handler = str(Path(folder, handler))
         workers = entry.get("workers", ())
         if isinstance(workers, str):
             workers = [w for w in workers.split(",") if w]
         return cls(
             name=name,
-            handler=str(entry["handler"]),
+            handler=handler,
             description=str(entry.get("description", "")),
             input_type=str(entry.get("input_type", cls.input_type)),
             output_type=str(entry.get("output_type", cls.output_type)),
@@ -152,6 +303,12 @@ class FunctionConfig:
             ),
             workers=tuple(str(w) for w in workers),
             options=dict(entry.get("options") or {}),
+            source="" if folder is None else str(folder),
+            factory=str(entry.get("factory", cls.factory)),
+            params=(
+                None if folder is None else parse_params(entry.get("params"), f"{name}.params")
+            ),
+            metrics_port=_port(entry.get("metrics_port", 0), f"{name}.metrics_port"),
         )
 
 
@@ -175,7 +332,11 @@ class Settings:
     input_idle_seconds: float = 30.0
     min_input_bytes_per_second: int = 1024
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json": one object a line (server/telemetry/logs.py)
     metrics_port: int = 9100
+    # A worker's metrics port, over its registry entry's metrics_port (0: that one);
+    # for a worker's own container. The embedded default does not pass it on.
+    worker_metrics_port: int = 0
     http_port: int = 8080  # the HTTP API and web page (server/http/)
     # The HTTP front's guards (server/http/options.py, FrontOptions): the names it answers for
     # (empty: localhost names and its own address; "*": any), other origins whose pages
@@ -199,6 +360,8 @@ class Settings:
     tls_client_ca: str = ""
     # TLS from the gateway to its workers: the CA they are trusted by.
     worker_ca: str = ""
+    # Folders whose every sub-folder with a function.yaml is a function (server/repository/).
+    functions_dirs: tuple[str, ...] = ()
     functions: tuple[FunctionConfig, ...] = ()
 
     def call_seconds(self, fn: FunctionConfig) -> float:
@@ -247,7 +410,9 @@ ENVIRONMENT = {
     "DCF_INPUT_IDLE_SECONDS": "input_idle_seconds",
     "DCF_MIN_INPUT_BYTES_PER_SECOND": "min_input_bytes_per_second",
     "DCF_LOG_LEVEL": "log_level",
+    "DCF_LOG_FORMAT": "log_format",
     "DCF_METRICS_PORT": "metrics_port",
+    "DCF_WORKER_METRICS_PORT": "worker_metrics_port",
     "DCF_HTTP_PORT": "http_port",
     "DCF_HTTP_ALLOWED_HOSTS": "http_allowed_hosts",
     "DCF_HTTP_ALLOWED_ORIGINS": "http_allowed_origins",
@@ -262,6 +427,7 @@ ENVIRONMENT = {
     "DCF_TLS_KEY": "tls_key",
     "DCF_TLS_CLIENT_CA": "tls_client_ca",
     "DCF_WORKER_CA": "worker_ca",
+    "DCF_FUNCTIONS_DIRS": "functions_dirs",
 }
 # Settings that only the environment or flags give: secrets stay out of the file.
 SECRET_SETTINGS = {"tokens", "worker_token"}
@@ -270,7 +436,11 @@ SECRET_SETTINGS = {"tokens", "worker_token"}
 def _coerce(name: str, value: Any) -> Any:
     if name in ("chunk_bytes", "max_invoke_bytes", "max_unary_bytes"):
         return parse_size(value, name)
-    if name in ("port", "metrics_port", "http_port"):
+    if name == "log_format":
+        if str(value).strip().lower() not in ("text", "json"):
+            raise ConfigError(f"{name}: expected text or json, got {value!r}")
+        return str(value).strip().lower()
+    if name in ("port", "metrics_port", "http_port", "worker_metrics_port"):
         port = int(value)
         if not 0 <= port < 65536:
             raise ConfigError(f"{name}: expected 0..65535, got {value!r}")
@@ -278,6 +448,12 @@ def _coerce(name: str, value: Any) -> Any:
     if name in ("tokens", "http_allowed_hosts", "http_allowed_origins"):
         items = value.split(",") if isinstance(value, str) else value
         return tuple(str(t).strip() for t in items if str(t).strip())
+    if name == "functions_dirs":
+        # Folders, as PATH lists them (``a:b``), or a YAML list.
+        items = value.split(os.pathsep) if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list of folders, got {value!r}")
+        return tuple(os.path.abspath(str(d).strip()) for d in items if str(d).strip())
     if name == "http_max_connections":
         count = _count(value, name)
         if count < 1:
@@ -305,11 +481,16 @@ def load_settings(
     config_path: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    folders: bool = True,
+    only: str = "",
 ) -> Settings:
     """Defaults, then the YAML file, then DCF_* variables, then ``overrides`` (flags).
 
     The file is ``config_path`` if given, else $DCF_CONFIG, else the packaged
-    server/functions.yaml.
+    server/functions.yaml. With ``folders``, the function folders under
+    ``functions_dirs`` join the registry's functions (``only``: just the folder of that
+    name, as its worker reads it); a broken folder is left out with one log line
+    naming its file and what is wrong, and the others are served.
     """
     environ = os.environ if environ is None else environ
     path = Path(config_path or environ.get("DCF_CONFIG") or DEFAULT_CONFIG)
@@ -322,10 +503,15 @@ def load_settings(
     if not isinstance(document, Mapping):
         raise ConfigError(f"config {path}: expected a mapping at the top")
 
+    for section in ("server", "functions"):
+        if not isinstance(document.get(section) or {}, Mapping):
+            raise ConfigError(f"config {path}: {section}: expected a mapping")
     values: dict[str, Any] = {}
     for key, value in (document.get("server") or {}).items():
         if key not in ENVIRONMENT.values() or key in SECRET_SETTINGS:
             raise ConfigError(f"config {path}: unknown server setting {key!r}")
+        if key == "functions_dirs" and isinstance(value, list):
+            value = [path.parent / str(folder) for folder in value]  # relative to the file
         values[key] = value
     for variable, key in ENVIRONMENT.items():
         if environ.get(variable):
@@ -351,7 +537,16 @@ def load_settings(
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
         raise ConfigError(f"config {path}: names used twice: {sorted(duplicates)}")
-    return Settings(functions=functions, **values)
+    settings = Settings(functions=functions, **values)
+    if folders and settings.functions_dirs:
+        # Imported here: the folder reader builds on this module.
+        from server.repository.folder import read_folders
+
+        found, refused = read_folders(settings.functions_dirs, functions, only=only)
+        for error in refused:
+            log.error("function folder refused: %s", error)
+        settings = replace(settings, functions=(*functions, *(f.config for f in found)))
+    return settings
 
 
 def parse_route(text: str) -> tuple[str, tuple[str, ...]]:

@@ -27,19 +27,23 @@ from server.config import FunctionConfig, Settings
 from server.gateway.metrics import Metrics
 from server.gateway.pace import paced
 from server.gateway.replay import ReplayableInput
-from server.gateway.routing import Routes
+from server.gateway.routing import Route, Routes
 from server.gateway.upstream import UpstreamReader
 from server.memory import give_back_after
 from server.rpc import framing as stream
 from server.rpc import status as errors
 from server.rpc.callinfo import REQUEST_ID, loggable, request_id_of
 from server.rpc.server import decode
+from server.telemetry import logs, tracing
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REPLAY_BYTES = 1 << 20
 # How often a call waiting for a starting worker checks that it is still starting.
 STARTING_POLL_SECONDS = 0.25
+# The fronts' names in traces (server/telemetry/tracing.py), rpc.service/rpc.method.
+CALL_SPAN = "dcf.v1.Gateway/Call"
+INVOKE_SPAN = "dcf.v1.Gateway/Invoke"
 
 
 class Deadline:
@@ -65,6 +69,10 @@ class Gateway:
     ``starting(name)`` tells whether a worker of the function is on its way up (the
     embedded default's supervisor knows); a call for such a function waits for it,
     within ``startup_wait``, instead of failing while the model loads.
+
+    ``update`` swaps in new settings (functions added, changed or removed while
+    serving) in one step: a call resolves its function and leases its route at once,
+    and keeps both to its end, so calls under way finish where they started.
     """
 
     def __init__(
@@ -84,22 +92,51 @@ class Gateway:
         self._door = (
             (("authorization", f"Bearer {settings.worker_token}"),) if settings.worker_token else ()
         )
-        # A function that receives uploads whole runs max_concurrency calls and has up to
-        # max_uploads more on their way in (server/worker/received.py).
-        self._admissions = {
-            fn.name: Admission(
-                fn.name, fn.max_concurrency and fn.max_concurrency + fn.max_uploads, fn.queue_size
-            )
-            for fn in settings.functions
-        }
+        self._admissions: dict[str, Admission] = {}
+        self._replaced: list[Admission] = []  # admissions of versions still finishing calls
+        self._admissions = self._admissions_for(settings)
         self._unary = ByteBudget(settings.max_unary_bytes)
-        for name, admission in self._admissions.items():
-            self.metrics.queue_depth.labels(name).set_function(_waiting_in(admission))
+
+    def _admissions_for(self, settings: Settings) -> dict[str, Admission]:
+        """Each function's admission: its own, kept while its limits stay the same."""
+        admissions = {}
+        for fn in settings.functions:
+            # A function that receives uploads whole runs max_concurrency calls and has up
+            # to max_uploads more on their way in (server/worker/received.py).
+            limit = fn.max_concurrency and fn.max_concurrency + fn.max_uploads
+            admission = self._admissions.get(fn.name)
+            if admission is None or (admission.limit, admission.queue) != (limit, fn.queue_size):
+                admission = Admission(fn.name, limit, fn.queue_size)
+                self.metrics.queue_depth.labels(fn.name).set_function(_waiting_in(admission))
+            admissions[fn.name] = admission
+        for name in set(self._admissions) - set(admissions):
+            with contextlib.suppress(KeyError):
+                self.metrics.queue_depth.remove(name)
+        return admissions
+
+    def update(
+        self, settings: Settings, opened: Mapping[str, Route] | None = None
+    ) -> dict[str, Route]:
+        """Serve ``settings``' functions from now on; returns the routes replaced, by name.
+
+        Calls under way keep the function, admission and route they started with; new
+        calls get the new ones (``opened``: routes made ready beforehand, by name). A
+        replaced route's ``drained`` tells when its last call is done.
+        """
+        admissions = self._admissions_for(settings)
+        retired = self.routes.update(settings.functions, opened)
+        kept = set(map(id, admissions.values()))
+        self._replaced += [a for a in self._admissions.values() if id(a) not in kept]
+        self._admissions = admissions
+        self.settings = settings
+        return retired
 
     @property
     def in_flight(self) -> int:
-        """Calls being served or waiting for a slot now, over all functions."""
-        return sum(a.running + a.waiting for a in self._admissions.values())
+        """Calls being served or waiting for a slot now, over all functions and versions."""
+        self._replaced = [a for a in self._replaced if a.running + a.waiting]
+        admissions = [*self._admissions.values(), *self._replaced]
+        return sum(a.running + a.waiting for a in admissions)
 
     def resolve(self, name: str) -> FunctionConfig:
         return self.settings.resolve(name)
@@ -117,16 +154,19 @@ class Gateway:
         header: dcf_pb2.CallHeader,
         chunks: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext,
+        front: str = CALL_SPAN,
     ) -> AsyncIterator[dcf_pb2.CallResponse]:
         """One call, whatever the front: resolve, admit, relay, and account for it.
 
         The caller gets a request id in its trailing metadata (its own
         ``x-request-id`` if it sent one), whatever the outcome; the worker gets the
         same id. Trailing, because forcing initial metadata out costs a round of its
-        own per call (7% of the gateway's time at 32 calls at once).
+        own per call (7% of the gateway's time at 32 calls at once). ``front``
+        names the call's span in its trace.
         """
         request_id = request_id_of(context.invocation_metadata())
         context.set_trailing_metadata(((REQUEST_ID, request_id),))
+        trace = tracing.server_span(front, context.invocation_metadata(), request_id)
         started = time.monotonic()
         label, code = "unknown", "OK"
         sizes = [0, 0]  # bytes in, bytes out
@@ -135,17 +175,23 @@ class Gateway:
                 raise InvalidInput("the request names no function")
             fn = self.resolve(header.function)
             label = fn.name
+            trace.set(function=fn.name)
             deadline = Deadline(context, self.settings.call_seconds(fn))
-            async with self.admit(fn, deadline):
-                counted = self._counted(chunks, fn, sizes)
-                async for response in self.relay(fn, header, counted, deadline, request_id):
-                    sizes[1] += len(response.chunk) + len(response.result)
-                    yield response
+            with self.routes.lease(fn.name) as route:
+                async with self.admit(fn, deadline):
+                    counted = self._counted(chunks, fn, sizes)
+                    async for response in self.relay(
+                        fn, header, counted, deadline, request_id, route, trace
+                    ):
+                        sizes[1] += len(response.chunk) + len(response.result)
+                        yield response
         except BaseException as exc:
             code = errors.code_of(exc).name
             raise
         finally:
-            self._account(request_id, header.function or "-", label, code, started, sizes)
+            trace.end(code)
+            name = header.function or "-"
+            self._account(request_id, name, label, code, started, sizes, trace.trace_id)
 
     async def _counted(
         self, chunks: AsyncIterator[bytes], fn: FunctionConfig, sizes: list[int]
@@ -174,7 +220,14 @@ class Gateway:
         self._account(request_id, name or "-", label, code, time.monotonic(), [0, 0])
 
     def _account(
-        self, request_id: str, name: str, label: str, code: str, started: float, sizes: list[int]
+        self,
+        request_id: str,
+        name: str,
+        label: str,
+        code: str,
+        started: float,
+        sizes: list[int],
+        trace_id: str = "",
     ) -> None:
         """One call's metrics and its log line (``label``: the function, or "unknown")."""
         elapsed = time.monotonic() - started
@@ -189,6 +242,15 @@ class Gateway:
             elapsed * 1000,
             sizes[0],
             sizes[1],
+            extra=logs.call_fields(
+                request_id=request_id,
+                function=loggable(name),
+                status=code,
+                seconds=elapsed,
+                bytes_in=sizes[0],
+                bytes_out=sizes[1],
+                trace_id=trace_id,
+            ),
         )
 
     async def invoke(
@@ -197,11 +259,13 @@ class Gateway:
         data: bytes | memoryview,
         params: Mapping[str, str],
         context: grpc.aio.ServicerContext,
+        front: str = INVOKE_SPAN,
     ) -> tuple[str, bytes]:
         """The whole answer of function ``name`` to ``data``: (content type, body).
 
         Functions with partial results answer one collected document, as the unary
-        fronts (dcf.v1 Invoke, Open Inference's ModelInfer) need.
+        fronts (dcf.v1 Invoke, Open Inference's ModelInfer) need. ``front``: the
+        call's span name.
         """
         header = dcf_pb2.CallHeader(function=name, collect=True)
         header.params.update(params)
@@ -211,7 +275,7 @@ class Gateway:
         held = 0
         try:
             chunks = _aiter(stream.split(data, self.settings.chunk_bytes))
-            async for response in self.call(header, chunks, context):
+            async for response in self.call(header, chunks, context, front):
                 kind = response.WhichOneof("kind")
                 if kind == "header":
                     content_type = response.header.content_type
@@ -254,31 +318,39 @@ class Gateway:
         chunks: AsyncIterator[bytes],
         deadline: Deadline,
         request_id: str = "",
+        route: Route | None = None,
+        trace: tracing.Span = tracing.NOOP,
     ) -> AsyncIterator[dcf_pb2.CallResponse]:
         """Stream ``chunks`` to a worker of ``fn`` and yield its responses.
 
         A worker that is unavailable before it answers anything gets the call once
         more on another replica, if the input so far is small enough to send again.
         Raises a FunctionError (or CallError with the worker's own status) on failure.
+        ``route``: the one the call leased (default: the function's route now). Each
+        attempt is a span inside ``trace``.
         """
-        stub = self.routes.stub(fn.name)
-        if stub is None:
+        route = route or self.routes.route(fn.name)
+        if route is None:
             raise errors.CallError(
                 grpc.StatusCode.UNAVAILABLE, f"{fn.name}: no worker is configured"
             )
+        stub = route.stub
         replay = ReplayableInput(chunks, self.replay_bytes)
         try:
             for attempt in (1, 2):
                 answered = False
-                await self._worker_up(fn, deadline)
+                await self._worker_up(fn, deadline, route)
+                span = _attempt_span(trace, fn, route, attempt)
                 try:
                     async for response in self._attempt(
-                        stub, fn, header, replay, deadline, request_id
+                        stub, fn, header, replay, deadline, request_id, span.headers()
                     ):
                         answered = True
                         yield response
+                    span.end()
                     return
                 except errors.CallError as exc:
+                    span.end(exc.code.name)
                     retry = (
                         exc.code == grpc.StatusCode.UNAVAILABLE
                         and attempt == 1
@@ -288,25 +360,27 @@ class Gateway:
                     if not retry:
                         raise
                     log.warning("call %s %s: %s; retrying once", request_id, fn.name, exc.message)
+                    self.metrics.retries.labels(fn.name).inc()
+                except BaseException as exc:
+                    span.end(errors.code_of(exc).name)
+                    raise
         finally:
             replay.close()
 
-    async def _worker_up(self, fn: FunctionConfig, deadline: Deadline) -> None:
+    async def _worker_up(self, fn: FunctionConfig, deadline: Deadline, route: Route) -> None:
         """Wait, within the deadline and ``startup_wait``, for a worker that is starting.
 
         A function with no worker up and none starting (or none any more: it died
         while we waited) is left to fail at once.
         """
-        if self.routes.ready(fn.name) or not self._starting(fn.name):
+        if route.ready() or not self._starting(fn.name):
             return
         loop = asyncio.get_running_loop()
         remaining = deadline.left()
         patience = self.settings.startup_wait
         deadline_first = remaining < patience
         give_up = loop.time() + (remaining if deadline_first else patience)
-        while not await self.routes.wait_ready(
-            fn.name, min(STARTING_POLL_SECONDS, give_up - loop.time())
-        ):
+        while not await route.wait_ready(min(STARTING_POLL_SECONDS, give_up - loop.time())):
             if not self._starting(fn.name):
                 return
             if loop.time() >= give_up:
@@ -325,9 +399,11 @@ class Gateway:
         replay: ReplayableInput,
         deadline: Deadline,
         request_id: str,
+        trace_headers: list[tuple[str, str]],
     ) -> AsyncIterator[dcf_pb2.CallResponse]:
         """One streaming call to one worker, relaying both ways at once."""
-        call = stub.Call(timeout=deadline.left(), metadata=((REQUEST_ID, request_id), *self._door))
+        metadata = ((REQUEST_ID, request_id), *self._door, *trace_headers)
+        call = stub.Call(timeout=deadline.left(), metadata=metadata)
         upstream = asyncio.create_task(self._send(call, fn, header, replay.chunks()))
         answer = UpstreamReader(call)
         try:
@@ -395,11 +471,7 @@ class GatewayServicer(dcf_pb2_grpc.GatewayServicer):
 
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
-        self._settings = gateway.settings
-        # Built once: reading a function's params imports its (light) handler module.
-        self._functions = dcf_pb2.ListFunctionsResponse(
-            functions=[function_info(fn) for fn in self._settings.functions]
-        )
+        self._listed: tuple[Settings, dcf_pb2.ListFunctionsResponse] | None = None
 
     async def Call(
         self,
@@ -438,7 +510,13 @@ class GatewayServicer(dcf_pb2_grpc.GatewayServicer):
     async def ListFunctions(
         self, request: dcf_pb2.ListFunctionsRequest, context: grpc.aio.ServicerContext
     ) -> dcf_pb2.ListFunctionsResponse:
-        return self._functions
+        # Built once per settings: reading a function's params imports its (light)
+        # handler module. New settings (a function added while serving) build it anew.
+        settings = self._gateway.settings
+        if self._listed is None or self._listed[0] is not settings:
+            listed = [function_info(fn) for fn in settings.functions]
+            self._listed = (settings, dcf_pb2.ListFunctionsResponse(functions=listed))
+        return self._listed[1]
 
 
 def function_info(fn: FunctionConfig) -> dcf_pb2.FunctionInfo:
@@ -473,6 +551,19 @@ def param_spec(param: Param) -> dcf_pb2.ParamSpec:
         minimum=param.low,
         maximum=param.high,
         choices=list(param.choices),
+    )
+
+
+def _attempt_span(
+    trace: tracing.Span, fn: FunctionConfig, route: Route, attempt: int
+) -> tracing.Span:
+    """The span of one attempt to relay a call to ``fn``'s workers (the second: a retry)."""
+    return trace.child(
+        f"relay {fn.name}",
+        "client",
+        attempt=attempt,
+        retry=attempt > 1,
+        **{"server.address": ",".join(route.workers)},
     )
 
 

@@ -33,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
         parent.add_argument(
             "--log-level", default=default, help="DEBUG, INFO, WARNING... ($DCF_LOG_LEVEL)"
         )
+        parent.add_argument(
+            "--functions",
+            action="append",
+            default=argparse.SUPPRESS if suppress else [],
+            metavar="DIR",
+            help="serve every function folder in DIR too (repeatable; $DCF_FUNCTIONS_DIRS)",
+        )
         if gateway:
             parent.add_argument(
                 "--route",
@@ -82,11 +89,39 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PEM",
         help="reach the gateway with TLS, trusting this CA certificate",
     )
+    init = roles.add_parser(
+        "init", help="make a function folder NAME to start from (DIR/NAME, default ./NAME)"
+    )
+    init.add_argument("name", metavar="NAME", help="the function's name (a-z, 0-9, -)")
+    init.add_argument("--dir", default=".", help="where to make it (default: here)")
+    ship = roles.add_parser(
+        "ship",
+        help="write what deploys a function folder: Dockerfile, compose, Kubernetes, registry",
+    )
+    ship.add_argument("folder", metavar="FOLDER", help="the function folder")
+    ship.add_argument("--out", required=True, metavar="DIR", help="where to write them")
+    ship.add_argument("--image", default="dcf:latest", help="dcf's image (default dcf:latest)")
+    ship.add_argument(
+        "--port", type=int, default=50061, help="the worker's port in its container (50061)"
+    )
+    ship.add_argument("--cpu", default="1", help="the worker's CPU limit (default 1)")
+    ship.add_argument("--memory", default="512Mi", help="the worker's memory limit (512Mi)")
+    ship.add_argument(
+        "--registry",
+        metavar="FILE",
+        help="the deployments' registry to add the function to (default docker/functions.yaml)",
+    )
     return parser
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    overrides = {"host": args.host, "log_level": args.log_level}
+    """The Settings of the role ``args`` name. Function folders: a worker reads its own
+    alone; the embedded default reads them as it serves (server/run/reload.py)."""
+    overrides = {
+        "host": args.host,
+        "log_level": args.log_level,
+        "functions_dirs": getattr(args, "functions", None) or None,
+    }
     if args.role != "worker":
         overrides["port"] = args.port
         overrides["metrics_port"] = args.metrics_port
@@ -94,6 +129,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
         overrides.update(port=None, metrics_port=None, http_port=args.port)
     elif args.http_port is not None:
         overrides["http_port"] = args.http_port
-    settings = load_settings(args.config, overrides=overrides)
+    settings = load_settings(
+        args.config,
+        overrides=overrides,
+        folders=args.role in ("gateway", "worker"),
+        only=args.function if args.role == "worker" else "",
+    )
     routes = dict(parse_route(text) for text in getattr(args, "route", []))
     return settings.with_routes(routes) if routes else settings

@@ -7,6 +7,10 @@
     python -m server http [--host H] [--port 8080] [--gateway HOST:PORT]
         the HTTP API and web page alone, calling the gateway over gRPC; the embedded
         default serves them too, on --http-port (8080; $DCF_HTTP_PORT) unless --no-http
+    python -m server --functions DIR
+        the embedded default, plus every function folder in DIR, followed as it changes
+    python -m server init NAME [--dir DIR]      a function folder to start from
+    python -m server ship FOLDER --out DIR      what deploys it (docs/functions.md)
 
 Settings come from defaults < the YAML file (--config, else $DCF_CONFIG, else
 server/functions.yaml) < DCF_* environment variables < these flags.
@@ -14,18 +18,21 @@ server/functions.yaml) < DCF_* environment variables < these flags.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import os
 import secrets
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 from handlers.errors import FunctionError
 from protos.dcf.v1 import dcf_pb2
-from server.config import ConfigError, Settings
+from server.config import DEFAULT_CONFIG, ConfigError, Settings
 from server.gateway.core import Gateway, GatewayServicer
 from server.gateway.metrics import Metrics
 from server.gateway.routing import Routes
@@ -40,10 +47,17 @@ from server.rpc.security import (
 )
 from server.rpc.server import serve, servicer_adder
 from server.run.cli import build_parser, settings_from
+from server.run.live import Live
+from server.run.reload import Folders, RegistryFile
 from server.run.supervisor import Supervisor, WorkerProcess, local_port
+from server.telemetry import logs, tracing
+from server.telemetry.relay import relay_local_workers
 from server.worker.servicer import worker_servicer
 
 log = logging.getLogger("server")
+
+# What follows changes while serving: given the live functions and the stop event.
+Follow = Callable[[Live, asyncio.Event], Coroutine[Any, Any, None]]
 
 GATEWAY_SERVICE = dcf_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 WORKER_SERVICE = dcf_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
@@ -85,6 +99,10 @@ async def run_worker(
     if port is None:
         log.error("worker %s: give --port (the registry has no local address for it)", name)
         return 2
+    metrics_port = settings.worker_metrics_port or config.metrics_port
+    if metrics_port and not servicer.metrics.start(settings.host, metrics_port):
+        servicer.close()
+        return 2
     stop = _stop_event()
     watchdog = asyncio.create_task(_watch_parent(stop)) if exit_with_parent else None
     try:
@@ -118,12 +136,14 @@ async def run_gateway(
     stop: asyncio.Event | None = None,
     serving: asyncio.Future[int] | None = None,
     local: Supervisor | None = None,
+    follow: Follow | None = None,
 ) -> int:
     """The gateway until ``stop``; ``serving`` gets its port once it listens.
 
     With ``local`` workers (the embedded default) the gateway's overall health and
     its "serving" line wait until each of them answers, and calls for a function
-    whose worker is starting wait for it.
+    whose worker is starting wait for it. ``follow`` runs while it serves, changing
+    its functions (function folders, the registry file: server/run/reload.py).
     """
     stop = stop or _stop_event()
     routes = Routes(
@@ -142,6 +162,7 @@ async def run_gateway(
         log.error("cannot serve metrics on port %d: %s", settings.metrics_port, exc.strerror)
         return 2
     log.info("metrics on http://%s:%d/metrics", settings.host, metrics_port)
+    relay_local_workers(metrics.registry, settings, local.names if local else ())
     gateway = Gateway(
         settings, routes, metrics, starting=local.starting if local else lambda name: False
     )
@@ -175,21 +196,8 @@ async def run_gateway(
             in_flight=lambda: gateway.in_flight,
             ready=not awaited,
         ) as served:
-            names = ", ".join(fn.name for fn in settings.functions)
-
-            async def report(name: str, ready: bool) -> None:
-                await served.set_serving(name, ready)
-                if ready and name in awaited:
-                    awaited.discard(name)
-                    if not awaited:
-                        await served.set_serving("", True)
-                        log.info(
-                            "dcf gateway serving on %s:%d: %s", settings.host, served.port, names
-                        )
-
-            watchers = [
-                asyncio.create_task(routes.watch(fn.name, report)) for fn in settings.functions
-            ]
+            live = Live(gateway, served, awaited)
+            live.start()
             if awaited:
                 log.info(
                     "dcf gateway listening on %s:%d; waiting for workers: %s",
@@ -197,17 +205,17 @@ async def run_gateway(
                     served.port,
                     ", ".join(sorted(awaited)),
                 )
-            else:
-                log.info("dcf gateway serving on %s:%d: %s", settings.host, served.port, names)
+            following = asyncio.create_task(follow(live, stop)) if follow else None
             if serving is not None and not serving.done():
                 serving.set_result(served.port)
             await stop.wait()
             log.info(
                 "gateway stopping: finishing calls in flight (up to %gs)", settings.grace_seconds
             )
-            for task in watchers:
-                task.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
+            if following is not None:
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
+            await live.close()
     finally:
         await routes.close()
     return 0
@@ -220,22 +228,31 @@ async def run_embedded(settings: Settings, config_args: list[str], http: bool = 
         if port is not None:
             argv = Supervisor.command(fn.name, port, config_args)
             workers.append(WorkerProcess(name=fn.name, port=port, argv=argv))
+    folders = Folders(settings, config_args) if settings.functions_dirs else None
+    if folders is not None:
+        # The folders as they are now, started with the others before any gRPC object.
+        configs, folder_workers = folders.initial()
+        settings = replace(settings, functions=(*settings.functions, *configs))
+        workers += folder_workers
     if settings.tokens and not settings.worker_token and not settings.worker_ca:
         # Callers need a token: so does every way to the workers. One made up now
         # serves as long as these processes live.
         settings = replace(settings, worker_token=secrets.token_urlsafe(32))
     supervisor = Supervisor(workers, environment=worker_environment(settings))
+    follow: Follow | None = None
+    if folders is not None:
+        follow = lambda live, stop: folders.serve(live, stop, supervisor)  # noqa: E731
     stop = _stop_event()
     await supervisor.start()
     front = None
     try:
         if not http:
-            return await run_gateway(settings, stop, local=supervisor)
+            return await run_gateway(settings, stop, local=supervisor, follow=follow)
         from server.http.serve import serve_beside_gateway
 
         gateway_port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         front = asyncio.create_task(serve_beside_gateway(settings, stop, gateway_port))
-        code = await run_gateway(settings, stop, gateway_port, local=supervisor)
+        code = await run_gateway(settings, stop, gateway_port, local=supervisor, follow=follow)
         stop.set()
         return code or await front
     finally:
@@ -261,6 +278,7 @@ def worker_environment(settings: Settings) -> dict[str, str]:
     environment = dict(os.environ)
     for name in ("DCF_TOKENS", "DCF_TOKENS_FILE"):
         environment.pop(name, None)
+    environment.pop("DCF_WORKER_METRICS_PORT", None)  # one port each: the registry's
     if settings.worker_token:
         environment["DCF_WORKER_TOKEN"] = settings.worker_token
     if not settings.worker_ca:
@@ -269,21 +287,32 @@ def worker_environment(settings: Settings) -> dict[str, str]:
     return environment
 
 
+def registry_path(args: argparse.Namespace) -> Path:
+    """The registry file the settings of ``args`` were read from."""
+    return Path(args.config or os.environ.get("DCF_CONFIG") or DEFAULT_CONFIG)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.role in ("init", "ship"):
+        from server.run.tools import run_tool  # the function authors' commands
+
+        return run_tool(args)
+    # Logging first: reading function folders may refuse one, and says so in the log.
+    level = args.log_level or os.environ.get("DCF_LOG_LEVEL") or "INFO"
+    logs.configure(level, os.environ.get("DCF_LOG_FORMAT", "text"), args.role or "embedded")
     try:
         settings = settings_from(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-    )
+    logs.configure(settings.log_level, settings.log_format, args.role or "embedded")
+    tracing.configure(tracing.service_name(args.role, getattr(args, "function", "")))
     if args.role == "worker":
         return asyncio.run(run_worker(settings, args.function, args.port, args.exit_with_parent))
     if args.role == "gateway":
-        return asyncio.run(run_gateway(settings))
+        registry = RegistryFile(registry_path(args), lambda: settings_from(args))
+        return asyncio.run(run_gateway(settings, follow=registry.serve))
     if args.role == "http":
         return asyncio.run(run_http(settings, args.gateway, args.gateway_ca))
     config_args = ["--config", os.path.abspath(args.config)] if args.config else []

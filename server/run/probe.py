@@ -122,7 +122,8 @@ def target_of(argv: Sequence[str], environ: Mapping[str, str]) -> Target:
     port = getattr(args, "port", None)
     config, overrides = getattr(args, "config", None), {"host": getattr(args, "host", None)}
     try:
-        settings = load_settings(config, environ=environ, overrides=overrides)
+        # Function folders are not read: a probe needs ports, not handlers or digests.
+        settings = load_settings(config, environ=environ, overrides=overrides, folders=False)
     except ConfigError as exc:
         raise ProbeError(str(exc)) from None
     if role == "http":

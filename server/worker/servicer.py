@@ -24,7 +24,7 @@ import importlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -37,7 +37,9 @@ from server.memory import give_back_after
 from server.rpc import framing as stream
 from server.rpc import status as errors
 from server.rpc.callinfo import loggable, request_id_of
+from server.telemetry import logs, tracing
 from server.worker.bridge import HandlerRun, Header
+from server.worker.metrics import CallWatch, WorkerMetrics
 from server.worker.received import Received
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,16 @@ DEFAULT_CONCURRENCY = 16
 
 
 def load_function(config: FunctionConfig) -> Function:
-    """Import the handler module and let it load what it needs, once."""
+    """Import the handler module and let it load what it needs, once.
+
+    A function folder's handler is imported by its file path, with the params its
+    function.yaml declares (server/repository/load.py); a failure there is one line
+    naming the file, which the worker logs as it exits.
+    """
+    if config.source:
+        from server.repository.load import load_folder_function  # folders only
+
+        return load_folder_function(config)
     module = importlib.import_module(config.handler)
     return module.create(config.options)
 
@@ -70,6 +81,7 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
         # A call whose input has arrived may always wait for a slot: it is never refused.
         self._admission = Admission(config.name, concurrency, queue + config.max_uploads)
         self._spool_dir = spool_dir
+        self.metrics = WorkerMetrics(config.name, self._counts())
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=concurrency, thread_name_prefix=f"handler-{config.name}"
         )
@@ -82,6 +94,15 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
         if self._uploads is not None:
             calls += self._uploads.running + self._uploads.waiting
         return calls
+
+    def _counts(self) -> dict[str, Callable[[], float]]:
+        """The worker metrics' gauges, read from the admissions at each scrape."""
+        uploads = self._uploads
+        return {
+            "running": lambda: self._admission.running,
+            "waiting": lambda: self._admission.waiting + (uploads.waiting if uploads else 0),
+            "uploading": lambda: uploads.running if uploads else 0,
+        }
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -96,6 +117,10 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
         started = time.monotonic()
         ended = _Ended()
         received: Received | None = None
+        request_id = request_id_of(context.invocation_metadata())
+        watch = self.metrics.call(
+            tracing.server_span(f"worker {name}", context.invocation_metadata(), request_id)
+        )
         try:
             try:
                 header = await stream.read_header(request_iterator)
@@ -107,16 +132,16 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
                 params = stream.check_params(name, header.params, self._function.params)
                 self._function.check(params)
                 if self._uploads is not None:
-                    received = await self._receive(request_iterator, context)
-                await self._admission.acquire(context.time_remaining())
+                    received = await self._receive(request_iterator, context, watch)
+                watch.waited("slot", await self._admission.acquire(context.time_remaining()))
             except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
-                ended.outcome = errors.code_of(exc).name
+                ended.outcome, ended.error = errors.code_of(exc).name, exc
                 async for response in errors.fail_stream(context, exc, received is None):
                     yield response
                 return
             try:
                 async for response in self._run(
-                    params, header.collect, request_iterator, context, received, ended
+                    params, header.collect, request_iterator, context, received, ended, watch
                 ):
                     yield response
             finally:
@@ -125,20 +150,35 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
             if received is not None:
                 received.close()
             give_back_after(context, ended.bytes_out)
+            watch.ended(ended.outcome, ended.error)
+            seconds = time.monotonic() - started
             log.info(
                 "call %s %s %s %.1f ms",
-                request_id_of(context.invocation_metadata()),
+                request_id,
                 name,
                 ended.outcome,
-                (time.monotonic() - started) * 1000,
+                seconds * 1000,
+                extra=logs.call_fields(
+                    request_id=request_id,
+                    function=name,
+                    status=ended.outcome,
+                    seconds=seconds,
+                    bytes_in=received.size if received is not None else None,
+                    bytes_out=ended.bytes_out,
+                    trace_id=watch.span.trace_id,
+                ),
             )
 
     async def _receive(
-        self, requests: AsyncIterator[dcf_pb2.CallRequest], context: grpc.aio.ServicerContext
+        self,
+        requests: AsyncIterator[dcf_pb2.CallRequest],
+        context: grpc.aio.ServicerContext,
+        watch: CallWatch,
     ) -> Received:
         """The whole input, received under the uploads bound; raises what the input broke."""
         assert self._uploads is not None
-        await self._uploads.acquire(context.time_remaining())
+        watch.waited("upload", await self._uploads.acquire(context.time_remaining()))
+        start_ns = time.time_ns()
         received = Received(self._spool_dir)
         try:
             chunks = stream.read_chunks(requests)
@@ -151,6 +191,7 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
             raise
         finally:
             self._uploads.release()
+        watch.uploaded(start_ns, received.size)
         return received
 
     async def _run(
@@ -161,6 +202,7 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
         context: grpc.aio.ServicerContext,
         received: Received | None,
         ended: _Ended,
+        watch: CallWatch,
     ) -> AsyncIterator[dcf_pb2.CallResponse]:
         """The call once it holds a thread: run the handler, relay its parts.
 
@@ -170,7 +212,7 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
         run = HandlerRun(loop)
         chunks = None if received is None else received.chunks(self._chunk_bytes)
         thread = loop.run_in_executor(
-            self._executor, run.run, self._function, params, collect, chunks
+            self._executor, watch.running(run.run), self._function, params, collect, chunks
         )
         feeder = (
             asyncio.create_task(self._feed(run, request_iterator)) if received is None else None
@@ -195,7 +237,7 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
                         yield dcf_pb2.CallResponse(chunk=bytes(piece))
             ended.outcome = "OK"
         except Exception as exc:  # noqa: BLE001 - mapped to a status below
-            failure = exc
+            failure = ended.error = exc
             ended.outcome = errors.code_of(exc).name
         finally:
             run.abort()
@@ -239,6 +281,7 @@ class _Ended:
 
     outcome: str = "CANCELLED"
     bytes_out: int = 0
+    error: BaseException | None = None
 
 
 def _log_thread_error(future: asyncio.Future[None]) -> None:

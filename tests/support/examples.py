@@ -5,6 +5,11 @@ one a line; a backslash at a line's end continues it, and a line that is only a 
 is not a command. A ``python`` block is one program. Blocks in any other language
 (``yaml``...) are not examples. The Markdown is parsed by markdown-it (CommonMark), so
 what counts as a block is what a renderer shows as one.
+
+A walkthrough (a document holding ``WALKTHROUGH``, docs/functions.md) is run in order, in
+one folder, each example building on the ones before; its blocks whose info string
+names a file (```` ```python file=thumbnail/handler.py ````) are files the reader writes,
+``file`` examples. ``documents`` leaves walkthroughs out: ``walkthroughs`` has them.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from pathlib import Path
 from markdown_it import MarkdownIt
 
 SHELL_LANGUAGES = frozenset({"", "sh", "bash", "shell"})
+# Marks a document whose examples run in order, in one folder (see the module's docstring).
+WALKTHROUGH = "<!-- examples: a walkthrough, run in order in one folder -->"
 
 
 @dataclass(frozen=True)
@@ -26,8 +33,9 @@ class Example:
 
     doc: str  # the document, relative to the repository
     line: int  # the 1-based line where the example starts
-    language: str  # "shell" or "python"
+    language: str  # "shell" or "python"; "file" for a walkthrough's file block
     text: str  # exactly as written
+    file: str = ""  # a file block's path, relative to the walkthrough's folder
 
     @property
     def words(self) -> list[str]:
@@ -47,6 +55,8 @@ class Example:
     @property
     def id(self) -> str:
         summary = self.shape if self.language == "shell" else "python block"
+        if self.language == "file":
+            summary = f"write {self.file}"
         summary = re.sub(r"\s+", " ", summary)
         return f"{self.doc}:{self.line} {summary[:70]}"
 
@@ -66,7 +76,16 @@ def commands_in(block: str) -> Iterator[tuple[int, str]]:
             yield start, command
 
 
-def examples_in(path: Path, root: Path) -> list[Example]:
+def file_named(info: str) -> str:
+    """The path a fence's info string names with ``file=PATH``, or ""."""
+    for word in info.split()[1:]:
+        if word.startswith("file="):
+            return word.removeprefix("file=")
+    return ""
+
+
+def examples_in(path: Path, root: Path, files: bool = False) -> list[Example]:
+    """The examples of ``path``; with ``files``, its file blocks too (a walkthrough's)."""
     doc = path.relative_to(root).as_posix()
     found: list[Example] = []
     for token in MarkdownIt("commonmark").parse(path.read_text(encoding="utf-8")):
@@ -74,7 +93,9 @@ def examples_in(path: Path, root: Path) -> list[Example]:
             continue
         language = token.info.split()[0] if token.info.strip() else ""
         first_line = token.map[0] + 2  # the fence's own line is map[0], 0-based
-        if language == "python":
+        if files and file_named(token.info):
+            found.append(Example(doc, first_line, "file", token.content, file_named(token.info)))
+        elif language == "python":
             found.append(Example(doc, first_line, "python", token.content))
         elif language in SHELL_LANGUAGES:
             found += [
@@ -84,9 +105,19 @@ def examples_in(path: Path, root: Path) -> list[Example]:
     return found
 
 
+def is_walkthrough(path: Path) -> bool:
+    return WALKTHROUGH in path.read_text(encoding="utf-8")
+
+
 def documents(root: Path) -> list[Path]:
-    """README.md and every docs/*.md."""
-    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    """README.md and every docs/*.md but the walkthroughs."""
+    found = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    return [path for path in found if not is_walkthrough(path)]
+
+
+def walkthroughs(root: Path) -> list[Path]:
+    """The docs/*.md whose examples run in order, in one folder."""
+    return [path for path in sorted((root / "docs").glob("*.md")) if is_walkthrough(path)]
 
 
 def all_examples(root: Path) -> list[Example]:
@@ -126,6 +157,14 @@ SKIPS: list[tuple[re.Pattern[str], str]] = [
             (
                 "changes only the calling shell; here every command runs with .venv/bin "
                 "first on PATH instead"
+            ),
+        ),
+        (
+            r"python -m server (init|ship)\b",
+            (
+                "writes a function folder or its deployment files into the working "
+                "directory; docs/functions.md's walkthrough runs it, in order "
+                "(tests/repository/test_walkthrough.py)"
             ),
         ),
         (

@@ -1,0 +1,1 @@
+"""Your own functions: function folders read, scaffolded, served, changed while serving, shipped."""
