@@ -16,7 +16,7 @@ LOCK      := requirements.lock
 TEST_LOCK := requirements-test.lock
 MODEL     := models/mobilenet_ssd_v2_coco_quant_postprocess.tflite
 
-.PHONY: setup run test test-fast lint bench proto model browser lock clean help
+.PHONY: setup run test test-fast lint bench bench-peers proto model browser lock clean help
 
 help:
 	@echo "make run     serve on 127.0.0.1:50051 (gateway and workers), web page on http://127.0.0.1:8080/"
@@ -24,6 +24,8 @@ help:
 	@echo "make test-fast  the tests that start no service (in-process, no TensorFlow): seconds"
 	@echo "make lint    ruff (rules and format) and mypy, as CI runs them"
 	@echo "make bench   measure, print a table, save it under bench/results/"
+	@echo "make bench-peers  dcf beside MLServer (installed under build/), saved likewise;"
+	@echo "             TRITON=1: Triton (PyTriton) too"
 	@echo "make setup   virtual environment, generated code and model only"
 	@echo "make lock    setup.cfg into the lock files (LOCK_ARGS=--upgrade: to the newest allowed)"
 	@echo "make clean   remove everything set-up made"
@@ -92,6 +94,33 @@ lint: setup
 
 bench: setup
 	$(PY) -m bench
+
+# MLServer 1.7 for `make bench-peers`, in a venv of its own under build/ (make clean
+# removes it), with our pins (from the lock) of the packages both sides run: the same
+# TensorFlow, OpenCV, NumPy, Pillow, gRPC and protobuf. Reinstalled only when the lock
+# changes. TRITON=1 adds Triton through PyTriton, in another venv: PyTriton needs NumPy 1,
+# so that one has NumPy 1.26 and OpenCV 4.11 beside our TensorFlow, Pillow, gRPC, protobuf.
+PEERS_VENV   := build/peers-venv
+TRITON_VENV  := build/pytriton-venv
+PEERS_PINS   := $(shell grep -hoE '^(tensorflow|opencv-python-headless|numpy|pillow|grpcio|protobuf)==[^ ]+' $(LOCK))
+TRITON_PINS  := $(shell grep -hoE '^(tensorflow|pillow|grpcio|protobuf)==[^ ]+' $(LOCK))
+TRITON_ARGS  := --triton 1,2 --triton 2,1
+
+bench-peers: setup $(PEERS_VENV)/.installed $(if $(TRITON),$(TRITON_VENV)/.installed)
+	$(PY) -m bench.peers $(if $(TRITON),$(TRITON_ARGS))
+
+$(PEERS_VENV)/.installed: $(LOCK)
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/pip install --quiet 'mlserver==1.7.*' 'uvloop<0.22' $(PEERS_PINS)
+	touch $@
+
+$(TRITON_VENV)/.installed: $(LOCK)
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet --upgrade pip
+	$(TRITON_VENV)/bin/pip install --quiet 'nvidia-pytriton==0.7.*' 'numpy<2' \
+	  'opencv-python-headless<4.12' $(TRITON_PINS)
+	touch $@
 
 clean:
 	rm -rf $(VENV) models build *.egg-info .pytest_cache .hypothesis

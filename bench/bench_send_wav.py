@@ -1,7 +1,7 @@
 """send-wav: our handler against the original procedure, on the same input.
 
 The original is the exact "plotstft" procedure the original service ran
-(tests/handlers/original_send_wav.py: scipy's reader, a numpy STFT, a 15 x 7.5 inch
+(tests/support/original_send_wav.py: scipy's reader, a numpy STFT, a 15 x 7.5 inch
 matplotlib figure read back as RGB, a PNG through PIL, base64). Both run in the
 same process, interleaved, so a noisy shared machine slows them alike and the
 ratio stays meaningful even when the absolute times do not. The handler is timed

@@ -1,24 +1,27 @@
-"""ssd-video: the first 10 frames of a 640x480 clip through the gateway, beside the bare work.
+"""ssd-video: the first 10 frames of a 640x480 clip through the gateway, beside the bare loop.
 
-Three ways to the same detections, interleaved in one run so a noisy shared
-machine slows them alike and the ratios stay meaningful:
+The ways to the same detections, interleaved in one run so a noisy shared machine
+slows them alike and the ratios stay meaningful:
 
-* bare: what a script would do, OpenCV decodes the clip from a file and each
-  frame goes through the same ``Detector`` (the registry's options: two 1-thread
-  interpreters), one after the other;
+* bare: the plain loop a script would run: OpenCV decodes the clip from a file,
+  each frame goes through one interpreter (bench.bare.PlainSsd) on every core,
+  one frame after the other, and each gives the same JSON line as ssd-video; and
+  the same loop with a one-thread interpreter, as a second reference;
 * handler: the ssd-video function in this process, as the worker host calls it
-  (spooling the bytes, pipelined decode and inference), without gRPC; and the
-  same with one interpreter, where nothing overlaps, to show what pipelining buys;
+  (spooling the bytes, then decoding and inferring as the registry configures it),
+  without gRPC;
 * end to end: a dcf.v1 Call to a real service (gateway and worker processes),
   timed from the call's start to its last result, plus when the first frame's
   result arrived.
+
+All of them must give the same lines, byte for byte, or the run stops.
 
     .venv/bin/python bench/bench_ssd_video.py [repeats]
 """
 
 from __future__ import annotations
 
-import json
+import math
 import statistics
 import sys
 import tempfile
@@ -37,9 +40,10 @@ except ImportError:  # run as a script: the repository root is not on sys.path y
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 
-from handlers import detector, ssd_video
+from bench.bare import PlainSsd, all_cores
+from handlers import ssd_video
 from handlers.base import Params, Request
-from server.config import load_settings
+from handlers.detector import compact_json
 
 FRAMES = 10
 CHUNK = 1 << 20
@@ -71,19 +75,30 @@ def make_clip(width: int = 640, height: int = 480, frames: int = 30) -> bytes:
         return path.read_bytes()
 
 
-def bare(path: Path, model: detector.Detector) -> list[list[dict[str, Any]]]:
-    """Decode the first FRAMES frames and detect on each, one after the other."""
+def bare(path: Path, model: PlainSsd) -> list[bytes]:
+    """The plain loop: decode each of the first FRAMES frames, detect, one JSON line each."""
     capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-    found = []
+    lines = []
     try:
-        for _ in range(FRAMES):
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        size = (0, 0)
+        for number in range(1, FRAMES + 1):
             ok, frame = capture.read()
             if not ok:
                 break
-            found.append(model.detect(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), 0.5, 20))
+            size = (frame.shape[1], frame.shape[0])
+            found = model.detections(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), *size)
+            lines.append(compact_json({"frame": number, "detections": found}))
+        summary = {
+            "width": size[0],
+            "height": size[1],
+            "fps": round(fps, 3) if math.isfinite(fps) and fps > 0 else None,
+            "frames_read": len(lines),
+        }
+        lines.append(compact_json(summary))
     finally:
         capture.release()
-    return found
+    return lines
 
 
 def _chunks(video: bytes) -> list[bytes]:
@@ -110,101 +125,58 @@ def end_to_end(stub: dcf_pb2_grpc.GatewayStub, video: bytes) -> tuple[float, flo
     return time.perf_counter() - start, first, results
 
 
-def run(address: str, video: bytes, repeats: int) -> dict:
-    """Median seconds of each way, and the ratios to the bare work."""
-    entry = load_settings(environ={}).function("ssd-video")
-    assert entry is not None, "the registry has no ssd-video"
-    options = entry.options
-    model = detector.Detector.from_options(options, "bench")
+WAYS = ("bare", "bare_one_thread", "handler", "e2e", "first")
+
+
+def run(address: str, video: bytes, repeats: int, options: dict[str, Any]) -> dict[str, list]:
+    """Seconds of each way, one value per repeat (``options``: the registry's ssd-video)."""
+    all_threads, one_thread = PlainSsd(all_cores()), PlainSsd(1)
     function = ssd_video.create(options)
-    # One interpreter: each frame waits for the one before, no overlap at all.
-    serial = ssd_video.create({**options, "interpreters": 1})
-    times: dict[str, list[float]] = {
-        "bare": [],
-        "serial": [],
-        "handler": [],
-        "e2e": [],
-        "first": [],
-    }
-    with tempfile.TemporaryDirectory() as folder, grpc.insecure_channel(address) as channel:
-        path = Path(folder) / "clip.mp4"
-        path.write_bytes(video)
-        stub = dcf_pb2_grpc.GatewayStub(channel)
+    times: dict[str, list] = {way: [] for way in WAYS}
+    try:
+        with tempfile.TemporaryDirectory() as folder, grpc.insecure_channel(address) as channel:
+            path = Path(folder) / "clip.mp4"
+            path.write_bytes(video)
+            stub = dcf_pb2_grpc.GatewayStub(channel)
 
-        def handler(way: Any = function) -> list[bytes]:
-            request = Request(Params({"max_frames": str(FRAMES)}), iter(_chunks(video)))
-            return list(way.handle(request).parts)
+            def handler() -> list[bytes]:
+                request = Request(Params({"max_frames": str(FRAMES)}), iter(_chunks(video)))
+                return list(function.handle(request).parts)
 
-        # Warm up, and check that all three agree on every frame.
-        expected = bare(path, model)
-        served = end_to_end(stub, video)[2]
-        assert len(expected) == FRAMES and served == handler() == handler(serial)
-        assert [json.loads(r)["detections"] for r in served[:-1]] == expected
-        for _ in range(repeats):
-            start = time.perf_counter()
-            bare(path, model)
-            times["bare"].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            handler(serial)
-            times["serial"].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            handler()
-            times["handler"].append(time.perf_counter() - start)
-            total, first, _ = end_to_end(stub, video)
-            times["e2e"].append(total)
-            times["first"].append(first)
-    function.close()
-    serial.close()
-    model.close()
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    return {
-        "frames": FRAMES,
-        "video_bytes": len(video),
-        "repeats": repeats,
-        "bare_s": medians["bare"],
-        "serial_s": medians["serial"],
-        "handler_s": medians["handler"],
-        "e2e_s": medians["e2e"],
-        "first_result_s": medians["first"],
-        "e2e_over_bare": medians["e2e"] / medians["bare"],
-        "e2e_over_handler": medians["e2e"] / medians["handler"],
-    }
+            # Warm up, and check that every way gives the same lines.
+            expected = bare(path, all_threads)
+            answers = {
+                "bare, one thread": bare(path, one_thread),
+                "handler": handler(),
+                "end to end": end_to_end(stub, video)[2],
+            }
+            for way, lines in answers.items():
+                if lines != expected:
+                    raise AssertionError(f"ssd-video {way} answered other lines than the bare loop")
+            for _ in range(repeats):
+                for way, work in (
+                    ("bare", lambda: bare(path, all_threads)),
+                    ("bare_one_thread", lambda: bare(path, one_thread)),
+                    ("handler", handler),
+                ):
+                    start = time.perf_counter()
+                    work()
+                    times[way].append(time.perf_counter() - start)
+                total, first, _ = end_to_end(stub, video)
+                times["e2e"].append(total)
+                times["first"].append(first)
+    finally:
+        function.close()
+    return times
 
 
-def table(result: dict) -> str:
-    def ms(seconds: float) -> str:
-        return f"{seconds * 1000:.0f}"
-
-    return "\n".join(
-        [
-            (
-                f"ssd-video, first {result['frames']} frames of a 640x480 mp4v clip "
-                f"({result['video_bytes'] / 1024:.0f} KiB), median of {result['repeats']}:"
-            ),
-            "",
-            "| way | time (ms) | / bare |",
-            "|---|---:|---:|",
-            (
-                f"| bare: cv2 decode + {result['frames']} detects, one after the other | "
-                f"{ms(result['bare_s'])} | 1.00 |"
-            ),
-            (
-                "| ssd-video handler in process, 1 interpreter (no overlap) | "
-                f"{ms(result['serial_s'])} | {result['serial_s'] / result['bare_s']:.2f} |"
-            ),
-            (
-                "| ssd-video handler in process, 2 interpreters (pipelined) | "
-                f"{ms(result['handler_s'])} | {result['handler_s'] / result['bare_s']:.2f} |"
-            ),
-            (
-                f"| end to end: dcf.v1 Call through the gateway | {ms(result['e2e_s'])} | "
-                f"{result['e2e_over_bare']:.2f} |"
-            ),
-            f"| end to end: first frame's result | {ms(result['first_result_s'])} | |",
-            "",
-            f"End to end / handler in process: {result['e2e_over_handler']:.2f}",
-        ]
-    )
+def table(times: dict[str, list]) -> str:
+    bare_ms = statistics.median(times["bare"]) * 1000
+    lines = ["| way | median ms | / bare |", "|---|---:|---:|"]
+    for way in WAYS:
+        ms = statistics.median(times[way]) * 1000
+        lines.append(f"| {way} | {ms:.0f} | {ms / bare_ms:.2f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -215,10 +187,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         service = start_service(Path(folder), args=["--no-http"])
         try:
-            result = run(service.address, video, repeats)
+            options = service.document["functions"]["ssd-video"].get("options", {})
+            times = run(service.address, video, repeats, options)
         finally:
             service.stop()
-    print(table(result))
+    print(table(times))
 
 
 if __name__ == "__main__":

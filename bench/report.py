@@ -55,8 +55,22 @@ def machine_line() -> str:
         ).stdout.strip()
         or "unknown"
     )
+    changed = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if changed:  # what ran is the working tree, not the commit alone
+        commit += f" with {len(changed.splitlines())} files changed"
     return (
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, commit {commit}, "
         f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
-        f"grpcio {grpc.__version__}, {platform.machine()}"
+        f"grpcio {grpc.__version__}, {platform.machine()}; {load_line()}"
     )
+
+
+def load_line() -> str:
+    """The machine's load average (1, 5, 15 min): how busy the shared cores were."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.1f} {five:.1f} {fifteen:.1f}"

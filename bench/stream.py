@@ -16,25 +16,52 @@ MiB = 1 << 20
 
 
 def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # gone meanwhile
+        return 0
+    for line in status.splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
 
 
-class PeakRss:
-    """Samples a process's resident memory in a thread; ``peak`` is the largest seen."""
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process under it (a server's workers, theirs...)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo += [int(child) for child in task.read_text().split()]
+            except OSError:
+                continue
+    return found
 
-    def __init__(self, pid: int, interval: float = 0.02) -> None:
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` and all its descendants, added up."""
+    return sum(rss_bytes(each) for each in descendants(pid))
+
+
+class PeakRss:
+    """Samples a process's resident memory in a thread; ``peak`` is the largest seen.
+
+    ``tree`` adds up the process and its descendants (a server and its workers).
+    """
+
+    def __init__(self, pid: int, interval: float = 0.02, tree: bool = False) -> None:
         self.pid, self.interval = pid, interval
-        self.start = rss_bytes(pid)
+        self.measure = tree_rss_bytes if tree else rss_bytes
+        self.start = self.measure(pid)
         self.peak = self.start
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, rss_bytes(self.pid))
+            self.peak = max(self.peak, self.measure(self.pid))
 
     def __enter__(self) -> PeakRss:
         self._thread.start()
@@ -43,6 +70,11 @@ class PeakRss:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+    @property
+    def growth(self) -> int:
+        """Bytes from the start to the peak."""
+        return self.peak - self.start
 
 
 async def echo(address: str, total_bytes: int, worker: bool = False, chunk: int = MiB) -> float:
@@ -68,14 +100,20 @@ async def echo(address: str, total_bytes: int, worker: bool = False, chunk: int 
 
 def throughput(
     address: str, worker_address: str, total_bytes: int = 256 * MiB, repeats: int = 3
-) -> dict:
-    """MB/s of the echo through the gateway and straight to the worker, best of ``repeats``."""
-    via_gateway = min(asyncio.run(echo(address, total_bytes)) for _ in range(repeats))
-    direct = min(
-        asyncio.run(echo(worker_address, total_bytes, worker=True)) for _ in range(repeats)
-    )
+) -> dict[str, list[float]]:
+    """MB/s of the echo through the gateway and straight to the worker, one of each per repeat.
+
+    The two alternate, and which goes first alternates too, so both meet the same noise.
+    """
     mb = total_bytes / 1e6
-    return {"gateway_mb_s": mb / via_gateway, "worker_mb_s": mb / direct}
+    rates: dict[str, list[float]] = {"gateway": [], "worker": []}
+    for i in range(repeats):
+        order = ("gateway", "worker") if i % 2 == 0 else ("worker", "gateway")
+        for path in order:
+            target = address if path == "gateway" else worker_address
+            seconds = asyncio.run(echo(target, total_bytes, worker=path == "worker"))
+            rates[path].append(mb / seconds)
+    return rates
 
 
 def memory(address: str, gateway_pid: int, worker_pid: int, total_bytes: int = 1 << 30) -> dict:

@@ -1,6 +1,6 @@
 """send-wav, called as the worker host calls it and through a served instance.
 
-The picture is checked against the original procedure (bench/original_send_wav.py,
+The picture is checked against the original procedure (tests/support/original_send_wav.py,
 matplotlib's "plotstft"): the served PNG's plot area beside the original's, the
 colorbar's numbers read back from the pixels (the glyphs are matched against the
 font they are drawn in) beside the original's colour range, and the colour of a
