@@ -28,6 +28,7 @@ import scipy.fft
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image, ImageDraw, ImageFont
 
+from handlers import steps
 from handlers.errors import InvalidInput
 from handlers.wav import open_wav
 
@@ -153,18 +154,25 @@ def render(
     )
     bands = Bands.of_rows(*axes.row_bins(plot_h))
     spectrogram = Spectrogram(settings.binsize, settings.hop, bands, plot_w, expected)
-    for samples in reader.samples(settings.channel):
-        spectrogram.add(samples)
-    pooled = spectrogram.finish()
+    # Reading the WAV and transforming it take turns, block by block (handlers/steps.py).
+    with steps.tally("read") as read, steps.tally("stft") as stft:
+        for samples in read.each(reader.samples(settings.channel)):
+            with stft.timing():
+                spectrogram.add(samples)
+        with stft.timing():
+            pooled = spectrogram.finish()
     del spectrogram  # the pooled grid is all that is left of it
-    axes = replace(axes, frames=pooled.frames)
-    low, high = colour_range(pooled.low_power, pooled.high_power)
-    cells = colour_cells(pooled.release(), low, high, pooled.columns)
-    levels = to_levels(cells, pooled.row_band, pooled.columns)
-    del cells
-    if layout is not None:
-        levels = layout.draw(levels, axes, low, high, lettering)
-    return encode_png(levels, palette, deflaters), reader.frames_read * wav.frame_bytes
+    with steps.step("draw"):
+        axes = replace(axes, frames=pooled.frames)
+        low, high = colour_range(pooled.low_power, pooled.high_power)
+        cells = colour_cells(pooled.release(), low, high, pooled.columns)
+        levels = to_levels(cells, pooled.row_band, pooled.columns)
+        del cells
+        if layout is not None:
+            levels = layout.draw(levels, axes, low, high, lettering)
+    with steps.step("png"):
+        png = encode_png(levels, palette, deflaters)
+    return png, reader.frames_read * wav.frame_bytes
 
 
 def stft_frames(samples: int, binsize: int, hop: int) -> int:

@@ -61,6 +61,12 @@ class Metrics:
             ["function"],
             registry=self.registry,
         )
+        self.retries = Counter(
+            "dcf_retries",
+            "Calls sent once more to another replica after an UNAVAILABLE before any answer.",
+            ["function"],
+            registry=self.registry,
+        )
         self.queue_wait = Histogram(
             "dcf_queue_wait_seconds",
             "Time a call waited for a free slot (0 when none waited).",

@@ -42,13 +42,16 @@ from starlette.types import Receive, Scope, Send
 from handlers.errors import RETRY_AFTER_SECONDS, http_status, reason_for
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from server.rpc import status as errors
+from server.rpc.callinfo import loggable
 from server.rpc.framing import send_call
+from server.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
 NDJSON = "application/x-ndjson"
 TIMEOUT_HEADER = "x-dcf-timeout"
 REQUEST_ID = "x-request-id"
+CALL_ROUTE = "POST /v1/functions/{name}"  # the call's span name in its trace
 
 # The longest deadline a caller may ask for with X-Dcf-Timeout; more is taken as this.
 TIMEOUT_CEILING_SECONDS = 3600.0
@@ -146,10 +149,12 @@ class Relay:
         call: grpc.aio.StreamStreamCall[dcf_pb2.CallRequest, dcf_pb2.CallResponse],
         request: Request,
         name: str,
+        trace: tracing.Span = tracing.NOOP,
     ) -> None:
         self.stub = stub
         self.call = call
         self.name = name
+        self.trace = trace  # the call's span here, ended with the relay
         self.client_gone = False
         self._request = request
         self._upload: asyncio.Task[None] | None = None
@@ -205,6 +210,7 @@ class Relay:
         if self._upload is not None:
             self._upload.cancel()
             await asyncio.gather(self._upload, return_exceptions=True)
+        self.trace.end()
 
 
 class RelayResponse(Response):
@@ -296,7 +302,9 @@ async def call_function(request: Request) -> Response:
     except errors.CallError as exc:
         return call_error_response(exc)
     stub: dcf_pb2_grpc.GatewayStub = request.app.state.gateway
-    relay = Relay(stub, stub.Call(timeout=timeout, metadata=metadata), request, name)
+    trace = tracing.server_span(CALL_ROUTE, request.headers, request_id, function=loggable(name))
+    call = stub.Call(timeout=timeout, metadata=[*metadata, *trace.headers()])
+    relay = Relay(stub, call, request, name, trace)
     header = dcf_pb2.CallHeader(function=name)
     header.params.update(params)
     relay.start(header)
@@ -310,6 +318,7 @@ async def call_function(request: Request) -> Response:
         head = first.header
         first = await relay.next()
     except errors.CallError as exc:
+        trace.end(exc.code.name)
         await relay.close()
         return call_error_response(exc, {REQUEST_ID: request_id})
     except BaseException:

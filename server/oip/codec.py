@@ -7,7 +7,9 @@ one element. A request carries that element either typed, in
 4-byte little-endian length followed by the bytes (what Triton's clients send); the
 answer uses the same form. Parameters (the request's and the input tensor's) become
 the function's string params. Every rule broken raises InvalidInput with a one-line
-reason, which server/rpc/status.py turns into INVALID_ARGUMENT.
+reason, which server/rpc/status.py turns into INVALID_ARGUMENT. The HTTP front's
+/v2 (server/http/v2_wire.py) shares the mapping and the conversions here: parameters
+from JSON values and back, raw BYTES tensors, an answer's one element.
 """
 
 from __future__ import annotations
@@ -74,6 +76,32 @@ def param_text(name: str, value: pb.InferParameter) -> str:
     raise InvalidInput(f"parameter {name!r} has no value")
 
 
+def parameter_of(name: str, value: object) -> pb.InferParameter:
+    """A parameter from a JSON value (Open Inference over HTTP): a boolean, a whole
+    number, a number or a string; anything else raises InvalidInput."""
+    if isinstance(value, bool):
+        return pb.InferParameter(bool_param=value)
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise InvalidInput(f"parameter {name!r}: {value} is out of the 64-bit range")
+        return pb.InferParameter(int64_param=value)
+    if isinstance(value, float):
+        return pb.InferParameter(double_param=value)
+    if isinstance(value, str):
+        return pb.InferParameter(string_param=value)
+    shown = "null" if value is None else type(value).__name__
+    raise InvalidInput(f"parameter {name!r}: expected a string, number or boolean, got {shown}")
+
+
+def parameter_value(value: pb.InferParameter) -> bool | int | float | str:
+    """A parameter as its JSON value: the inverse of ``parameter_of``."""
+    kind = value.WhichOneof("parameter_choice")
+    if kind is None:
+        return ""
+    found: bool | int | float | str = getattr(value, kind)
+    return found
+
+
 def params_of(request: pb.ModelInferRequest) -> dict[str, str]:
     """The function's params: the request's parameters, then the input tensor's.
 
@@ -92,30 +120,33 @@ def params_of(request: pb.ModelInferRequest) -> dict[str, str]:
     return params
 
 
-def unpack_bytes(raw: bytes | memoryview) -> list[memoryview]:
-    """The elements of a raw BYTES tensor: each a 4-byte little-endian length, then the bytes."""
+def unpack_bytes(
+    raw: bytes | bytearray | memoryview, where: str = "raw_input_contents"
+) -> list[memoryview]:
+    """The elements of a raw BYTES tensor: each a 4-byte little-endian length, then the bytes.
+
+    ``where`` names the tensor in a refusal: the gRPC field, or the HTTP body's part.
+    """
     view = memoryview(raw)
     elements = []
     offset = 0
     while offset < len(view):
         if len(view) - offset < _LENGTH.size:
             stray = len(view) - offset
-            raise InvalidInput(f"raw_input_contents: {stray} stray bytes where a length belongs")
+            raise InvalidInput(f"{where}: {stray} stray bytes where a length belongs")
         (size,) = _LENGTH.unpack_from(view, offset)
         offset += _LENGTH.size
         if size > len(view) - offset:
             remain = len(view) - offset
-            raise InvalidInput(
-                f"raw_input_contents: an element's length says {size} bytes, {remain} follow"
-            )
+            raise InvalidInput(f"{where}: an element's length says {size} bytes, {remain} follow")
         elements.append(view[offset : offset + size])
         offset += size
     return elements
 
 
-def pack_bytes(elements: Iterable[bytes]) -> bytes:
+def pack_bytes(elements: Iterable[bytes | memoryview]) -> bytes:
     """A raw BYTES tensor of ``elements``, each prefixed by its 4-byte little-endian length."""
-    parts = []
+    parts: list[bytes | memoryview] = []
     for element in elements:
         parts.append(_LENGTH.pack(len(element)))
         parts.append(element)
@@ -185,3 +216,22 @@ def infer_response(
     else:
         output.contents.bytes_contents.append(body)
     return response
+
+
+def answer_of(response: pb.ModelInferResponse) -> tuple[str, bytes]:
+    """(content type, the whole answer) of a ModelInferResponse, raw or typed: the inverse
+    of ``infer_response``. Raises InvalidInput if it is not one BYTES element of OUTPUT."""
+    # ``in`` first: indexing a message map adds the key.
+    typed = CONTENT_TYPE in response.parameters
+    content_type = response.parameters[CONTENT_TYPE].string_param if typed else ""
+    if len(response.outputs) != 1 or response.outputs[0].name != OUTPUT:
+        raise InvalidInput(f"expected one output {OUTPUT!r}, got {len(response.outputs)}")
+    if response.raw_output_contents:
+        elements: list[memoryview] | list[bytes] = unpack_bytes(
+            response.raw_output_contents[0], "raw_output_contents"
+        )
+    else:
+        elements = list(response.outputs[0].contents.bytes_contents)
+    if len(elements) != 1:
+        raise InvalidInput(f"output {OUTPUT} holds {len(elements)} elements, not one")
+    return content_type, bytes(elements[0])

@@ -30,6 +30,7 @@ from server.rpc.server import decode
 SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 SERVICE = SERVICE_DESCRIPTOR.full_name
 SERVER_NAME = "dcf"
+INFER_SPAN = f"{SERVICE}/ModelInfer"  # the call's span in its trace
 
 
 def server_version() -> str:
@@ -107,7 +108,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     self._gateway.refused(request.model_name, exc, context)
                     raise
                 content_type, body = await self._gateway.invoke(
-                    request.model_name, data, params, context
+                    request.model_name, data, params, context, INFER_SPAN
                 )
                 return codec.infer_response(request, content_type, body, raw)
         except Exception as exc:  # any error: mapped to a status in one place
