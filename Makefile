@@ -53,7 +53,7 @@ lock:
 	test -x $(LOCK_TOOLS)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_TOOLS) \
 	  && $(LOCK_TOOLS)/bin/pip install --quiet 'pip-tools>=7.4,<8'; }
 	$(PIP_COMPILE) --extra test --output-file $(TEST_LOCK) setup.cfg
-	$(PIP_COMPILE) --constraint $(TEST_LOCK) --output-file $(LOCK) setup.cfg
+	$(PIP_COMPILE) --extra otel --constraint $(TEST_LOCK) --output-file $(LOCK) setup.cfg
 
 proto: $(GENERATED)
 

@@ -100,19 +100,19 @@ def _ascii_header(request: Request, name: str, shown: str) -> str | None:
     return value
 
 
-def _metadata(request: Request) -> list[tuple[str, str]]:
+def auth_metadata(request: Request) -> list[tuple[str, str]]:
     auth = _ascii_header(request, "authorization", "Authorization")
     return [("authorization", auth)] if auth else []
 
 
-def _call_metadata(request: Request) -> tuple[list[tuple[str, str]], str]:
+def call_metadata(request: Request) -> tuple[list[tuple[str, str]], str]:
     """The call's metadata, with a request id: the client's own, else a new one."""
     given = _ascii_header(request, REQUEST_ID, "X-Request-Id")
     request_id = (given or uuid.uuid4().hex[:16])[:64]
-    return [*_metadata(request), (REQUEST_ID, request_id)], request_id
+    return [*auth_metadata(request), (REQUEST_ID, request_id)], request_id
 
 
-def _timeout(request: Request) -> float | None:
+def timeout_of(request: Request) -> float | None:
     """The call's deadline in seconds, at most the ceiling; None: the caller gave none."""
     raw = request.headers.get(TIMEOUT_HEADER)
     if raw is None:
@@ -297,8 +297,8 @@ async def call_function(request: Request) -> Response:
         )
     try:
         params = _params(request)
-        timeout = _timeout(request)
-        metadata, request_id = _call_metadata(request)
+        timeout = timeout_of(request)
+        metadata, request_id = call_metadata(request)
     except errors.CallError as exc:
         return call_error_response(exc)
     stub: dcf_pb2_grpc.GatewayStub = request.app.state.gateway
@@ -357,7 +357,7 @@ def _param_json(spec: dcf_pb2.ParamSpec) -> dict[str, Any]:
 async def list_functions(request: Request) -> Response:
     stub: dcf_pb2_grpc.GatewayStub = request.app.state.gateway
     try:
-        metadata = _metadata(request)
+        metadata = auth_metadata(request)
     except errors.CallError as exc:
         return call_error_response(exc)
     try:

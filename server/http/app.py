@@ -26,7 +26,7 @@ from server.http.api import (
     ALL_METHODS,
     REQUEST_ID,
     TIMEOUT_HEADER,
-    _metadata,
+    auth_metadata,
     call_error_response,
     call_function,
     http_error,
@@ -130,7 +130,7 @@ async def openapi_document(request: Request) -> Response:
     stub: dcf_pb2_grpc.GatewayStub = request.app.state.gateway
     try:
         reply = await stub.ListFunctions(
-            dcf_pb2.ListFunctionsRequest(), metadata=_metadata(request), timeout=30
+            dcf_pb2.ListFunctionsRequest(), metadata=auth_metadata(request), timeout=30
         )
     except errors.CallError as exc:  # a header that cannot be metadata
         return call_error_response(exc)

@@ -37,12 +37,14 @@ from protos.inference import grpc_predict_v2_pb2 as pb
 from protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from server.admission import ByteBudget
 from server.http import v2_wire
-from server.http.api import REQUEST_ID, _call_metadata, _timeout
+from server.http.api import REQUEST_ID, call_metadata, timeout_of
 from server.http.body import BodyLimits, body_left, bounded_body
 from server.rpc import status as errors
+from server.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
+INFER_ROUTE = "POST /v2/models/{name}/infer"  # the call's span name in its trace
 # What the HTTP front adds to the gateway's server metadata.
 EXTENSIONS = ["binary_tensor_data"]
 # A refused body with no more than this left unread is drained, keeping the connection
@@ -121,10 +123,10 @@ class OpenInference:
         async def endpoint(request: Request) -> Response:
             headers: dict[str, str] = {}
             try:
-                metadata, request_id = _call_metadata(request)
+                metadata, request_id = call_metadata(request)
                 headers[REQUEST_ID] = request_id
                 stub: pb_grpc.GRPCInferenceServiceStub = request.app.state.inference
-                call = Call(stub, metadata, request_id, _timeout(request))
+                call = Call(stub, metadata, request_id, timeout_of(request))
                 response = await handler(request, call)
             except ClientDisconnect:
                 return Response(status_code=400)  # nobody is there to read it
@@ -178,14 +180,23 @@ class OpenInference:
         json_bytes = v2_wire.header_length(request.headers.get(v2_wire.HEADER_LENGTH))
         limit = self.limits.body_bytes(binary=json_bytes is not None)
         hint = f"; stream a larger input with POST /v1/functions/{name}"
-        async with bounded_body(request, limit, self.budget, hint) as body:
-            message, form = v2_wire.infer_request(name, version, body, json_bytes)
-            body.clear()  # the message holds the input now
-            self._check_size(message, name)
-            reply = await _while_connected(
-                request,
-                call.stub.ModelInfer(message, metadata=call.metadata, timeout=call.timeout),
-            )
+        trace = tracing.server_span(INFER_ROUTE, request.headers, call.request_id, function=name)
+        status = "INTERNAL"
+        try:
+            async with bounded_body(request, limit, self.budget, hint) as body:
+                message, form = v2_wire.infer_request(name, version, body, json_bytes)
+                body.clear()  # the message holds the input now
+                self._check_size(message, name)
+                metadata = [*call.metadata, *trace.headers()]
+                reply = await _while_connected(
+                    request, call.stub.ModelInfer(message, metadata=metadata, timeout=call.timeout)
+                )
+            status = "OK"
+        except grpc.aio.AioRpcError as exc:
+            status = exc.code().name
+            raise
+        finally:
+            trace.end(status)
         content, headers = v2_wire.infer_answer(reply, form)
         return Response(content, headers=headers)
 

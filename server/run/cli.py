@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--log-level", default=default, help="DEBUG, INFO, WARNING... ($DCF_LOG_LEVEL)"
         )
         parent.add_argument(
+            "--log-format",
+            choices=("text", "json"),
+            default=default,
+            help="text, or json: one object a line ($DCF_LOG_FORMAT)",
+        )
+        parent.add_argument(
             "--functions",
             action="append",
             default=argparse.SUPPRESS if suppress else [],
@@ -120,6 +126,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     overrides = {
         "host": args.host,
         "log_level": args.log_level,
+        "log_format": args.log_format,
         "functions_dirs": getattr(args, "functions", None) or None,
     }
     if args.role != "worker":

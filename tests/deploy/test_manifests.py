@@ -793,6 +793,11 @@ def test_network_policies_deny_every_ingress_by_default() -> None:
         assert not admits(stray, 1, source), f"a pod no policy names is reachable from {name}"
 
 
+MONITORING_PEER = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+}
+
+
 def test_workers_admit_the_gateway_alone_on_their_grpc_port() -> None:
     deployments = kinds("Deployment")
     gateway = pod_labels(gateway_name())
@@ -807,6 +812,10 @@ def test_workers_admit_the_gateway_alone_on_their_grpc_port() -> None:
         for policy in selecting:
             for rule in policy["spec"].get("ingress") or []:
                 assert rule.get("from"), f"{name}: {policy['metadata']['name']} admits anyone"
+                if [port["port"] for port in rule.get("ports") or []] == ["metrics"]:
+                    # Metrics only, and only to the monitoring namespace.
+                    assert rule["from"] == [MONITORING_PEER], (name, rule)
+                    continue
                 for peer in rule["from"]:
                     assert set(peer) == {"podSelector"}, f"{name}: {peer} is not the gateway"
                     assert selects(peer["podSelector"], gateway), peer

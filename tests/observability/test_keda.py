@@ -252,3 +252,21 @@ def test_the_folder_stays_out_of_a_plain_apply() -> None:
     # without KEDA applies it cleanly; tests/deploy validates every file there.
     assert KEDA.parent == K8S and not list(K8S.glob("*keda*.yaml"))
     assert all(doc["kind"] != "ScaledObject" for doc in documents(K8S))
+
+
+def test_the_ssd_pods_serve_the_metrics_it_reads_where_prometheus_looks() -> None:
+    """The worker serves its metrics on DCF_WORKER_METRICS_PORT: that must be the pod's
+    port named metrics, the one its scrape annotation and the NetworkPolicy name."""
+    deployment = next(
+        doc
+        for doc in yaml.safe_load_all((K8S / "41-ssd.yaml").read_text())
+        if doc and doc["kind"] == "Deployment"
+    )
+    pod = deployment["spec"]["template"]
+    (worker,) = pod["spec"]["containers"]
+    env = {item["name"]: item.get("value") for item in worker["env"]}
+    ports = {port["name"]: port["containerPort"] for port in worker["ports"]}
+    assert int(env["DCF_WORKER_METRICS_PORT"]) == ports["metrics"]
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == ports["metrics"]

@@ -155,6 +155,40 @@ def test_an_ssd_call_over_http_is_one_trace_across_the_processes_with_its_steps(
     receiver.wait_for(complete(root.trace_id, {"worker ssd", *SSD_STEPS}), "the Invoke's worker")
 
 
+def test_a_v2_infer_over_http_continues_the_callers_trace_to_the_worker(
+    service: SmallService, receiver: Receiver
+) -> None:
+    caller_trace, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+    request = {
+        "inputs": [{"name": "INPUT", "shape": [1], "datatype": "BYTES", "data": ["traced v2"]}]
+    }
+    reply = httpx.post(
+        f"{service.http_url}/v2/models/hello-dcf/infer",
+        json=request,
+        headers={"traceparent": f"00-{caller_trace}-{caller_span}-01", "x-request-id": "v2-1"},
+        timeout=60,
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["outputs"][0]["data"] == ["traced v2"]
+    names = {
+        "POST /v2/models/{name}/infer",
+        "inference.GRPCInferenceService/ModelInfer",
+        "relay hello-dcf",
+        "worker hello-dcf",
+        "handler hello-dcf",
+    }
+    spans = receiver.wait_for(complete(caller_trace, names), "the v2 call's trace")
+    trace = trace_of(spans, caller_trace)
+    front, infer = (
+        trace["POST /v2/models/{name}/infer"],
+        trace["inference.GRPCInferenceService/ModelInfer"],
+    )
+    assert front.parent_id == caller_span and inside(infer, front)
+    assert inside(trace["relay hello-dcf"], infer)
+    assert inside(trace["worker hello-dcf"], trace["relay hello-dcf"])
+    assert front.attributes["dcf.request_id"] == "v2-1"
+
+
 def test_send_wav_over_grpc_traces_its_read_stft_draw_and_png(
     service: SmallService, receiver: Receiver
 ) -> None:

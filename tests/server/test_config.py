@@ -41,6 +41,14 @@ def test_config_file_from_environment(tmp_path, monkeypatch):
     assert settings.function("e").name == "echo"
 
 
+def test_log_format_flag_beats_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("DCF_CONFIG", str(write(tmp_path, REGISTRY)))
+    monkeypatch.setenv("DCF_LOG_FORMAT", "text")
+    for argv in (["--log-format", "json"], ["worker", "echo", "--log-format", "json"]):
+        assert settings_from(build_parser().parse_args(argv)).log_format == "json", argv
+    assert settings_from(build_parser().parse_args([])).log_format == "text"
+
+
 def test_registry_entries(tmp_path):
     settings = load_settings(write(tmp_path, REGISTRY), environ={})
     fn = settings.function("echo")
