@@ -7,13 +7,15 @@ workers can import handler modules for free.
 
 Choices, and why:
 
-* Interpreters are not thread-safe, so a ``Detector`` keeps a queue of them, one
-  per concurrent caller (default: one per CPU). ``invoke`` releases the GIL, so
-  they run in parallel. Each is single-threaded by default: on the 2-core target
-  two 1-thread interpreters give the best throughput under load without
-  oversubscribing the cores; 2 threads halve one request's inference (17 -> 9 ms)
-  but lose about a tenth of the throughput when every interpreter is busy
-  (``threads`` option, for latency-bound callers such as one video stream).
+* Latency when idle, throughput when busy. Interpreters are not thread-safe and
+  their thread count is fixed when they are built, so a ``Detector`` lends them
+  from an ``InterpreterPool``: one per core of one thread each (``interpreters``,
+  ``threads``) for calls in flight together, and one more with a thread per core
+  (``lone_threads``) for a call alone. ``invoke`` releases the GIL, so they run in
+  parallel. On the 2-core target the model takes about 11 ms on two threads and
+  20 ms on one; under load, two 1-thread interpreters give more images per second
+  than one 2-thread interpreter. The extra interpreter costs about 13 MiB and a
+  thread.
 * The model is checked against its pinned size and SHA-256 when a worker loads it
   (about 10 ms for its 6 MB), and the interpreters are built from those very bytes,
   so what was checked is what runs: a file replaced between check and load, or
@@ -33,10 +35,10 @@ import io
 import json
 import logging
 import os
-import queue
 import re
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,7 +49,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from handlers.base import Unavailable
+from handlers.errors import Unavailable
 from handlers.model_fetch import (
     LABELS_NAME,
     MODEL_FILES,
@@ -204,9 +206,10 @@ def _interpreter_class() -> Any:
 
 @dataclass(frozen=True)
 class _Slot:
-    """One interpreter and the tensor indices it was found to use."""
+    """One interpreter, its thread count and the tensor indices it was found to use."""
 
     interpreter: Any
+    threads: int
     input_index: int
     boxes: int
     classes: int
@@ -225,8 +228,8 @@ def _make_slot(interpreter_class: Any, model: bytes, model_path: Path, threads: 
     (inp,) = interpreter.get_input_details()
     if tuple(inp["shape"]) != (1, INPUT_SIZE, INPUT_SIZE, 3) or inp["dtype"] != np.uint8:
         raise ModelMissing(f"{model_path}: unexpected input {inp['shape']} {inp['dtype']}")
-    slot = _Slot(interpreter, int(inp["index"]), **_find_outputs(interpreter.get_output_details()))
-    return _check_roles(slot)
+    outputs = _find_outputs(interpreter.get_output_details())
+    return _check_roles(_Slot(interpreter, threads, int(inp["index"]), **outputs))
 
 
 def _find_outputs(details: Sequence[Mapping[str, Any]]) -> dict[str, int]:
@@ -274,71 +277,253 @@ def _check_roles(slot: _Slot) -> _Slot:
     return slot
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), else the machine's count.
+
+    Affinity, not ``os.cpu_count()``: a container pinned to 2 of 64 cores would
+    otherwise build 64-thread interpreters. A CFS quota (a Kubernetes CPU limit)
+    is not visible here: the registry sets ``interpreters`` and ``lone_threads``
+    to the pod's cores instead.
+    """
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class InterpreterPool:
+    """Interpreters lent one inference at a time: every core to a lone call, one each under load.
+
+    An interpreter's thread count is fixed when it is built (tf.lite.Interpreter
+    takes ``num_threads`` in its constructor only, and its XNNPACK delegate sizes
+    its thread pool then), so threads cannot be sized per call. The pool holds
+    instead ``narrow`` interpreters (one thread each, one per core, by default) and
+    at most one ``wide`` interpreter (a thread per core):
+
+    * A lone call gets the wide one: an inference finding no other call in flight
+      (see ``call``) and no other inference running has every core.
+    * Any other inference gets a narrow one, or waits for one. Under load only
+      the narrow ones run, one per core: more images per second than one wide
+      interpreter, whose threads wait for each other at every layer.
+    * An inference never takes the wide one while another runs, even when every
+      narrow one is lent: that would put more threads than cores to work. When a
+      second call comes while the wide one is busy, it starts on a narrow one at
+      once, and the cores are shared by one thread more until the wide one is done.
+
+    Outputs are the same bit for bit whichever interpreter ran (the model is
+    uint8-quantized; checked on photos and noise, tests/handlers/test_detector_pool.py),
+    so an answer does not depend on the load.
+    """
+
+    def __init__(self, narrow: Sequence[_Slot], wide: _Slot | None = None) -> None:
+        if not narrow:
+            raise ValueError("an interpreter pool needs at least one narrow interpreter")
+        self._changed = threading.Condition()
+        self._narrow_free: list[_Slot] = list(narrow)
+        self._wide_slot = wide
+        self._wide: _Slot | None = wide  # None while lent (or when there is none)
+        self._lent = 0
+        self._calls = 0
+        self._closed = False
+        self.size = len(narrow)
+        self.capacity = len(narrow) + (wide is not None)
+        self.threads = narrow[0].threads
+        self.lone_threads = wide.threads if wide is not None else self.threads
+
+    @property
+    def free(self) -> int:
+        """How many interpreters are in the pool now, not lent (all of them when idle)."""
+        with self._changed:
+            return len(self._narrow_free) + (self._wide is not None)
+
+    @property
+    def calls(self) -> int:
+        """How many calls are in flight (inside ``call`` blocks)."""
+        with self._changed:
+            return self._calls
+
+    @contextlib.contextmanager
+    def call(self) -> Iterator[None]:
+        """Count one call in flight for the block: from its decoding to its last inference.
+
+        Calls decoding or waiting for an interpreter are load too: a call's own
+        inference gets the wide interpreter only while it is the one call in flight.
+        Inferences outside any block (a script using the detector directly) only
+        look at the inferences running.
+        """
+        with self._changed:
+            self._calls += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._calls -= 1
+
+    def in_flight_per_call(self) -> int:
+        """How many inferences a call should keep running at once, now.
+
+        One while it is the only call and there is a wide interpreter (the one
+        inference then has every core; a second would share them with the wide
+        one's threads); else one per narrow interpreter.
+        """
+        with self._changed:
+            alone = self._calls <= 1 and self._wide_slot is not None
+        return 1 if alone else self.size
+
+    @contextlib.contextmanager
+    def lend(self) -> Iterator[_Slot]:
+        """An interpreter for one inference, given back when the block ends, however it ends.
+
+        Blocks while every interpreter the policy allows is lent; raises RuntimeError
+        once the pool is closed.
+        """
+        slot = self._take()
+        try:
+            yield slot
+        finally:
+            self._give_back(slot)
+
+    def _take(self) -> _Slot:
+        with self._changed:
+            while True:
+                if self._closed:
+                    raise RuntimeError("the detector is closed")
+                if self._wide is not None and self._lent == 0 and self._calls <= 1:
+                    slot, self._wide = self._wide, None
+                elif self._narrow_free:
+                    slot = self._narrow_free.pop()
+                else:
+                    self._changed.wait()
+                    continue
+                self._lent += 1
+                return slot
+
+    def _give_back(self, slot: _Slot) -> None:
+        with self._changed:
+            self._lent -= 1
+            if not self._closed:
+                if slot is self._wide_slot:
+                    self._wide = slot
+                else:
+                    self._narrow_free.append(slot)
+            # Every waiter looks again: a narrow one came back, or the pool went idle
+            # (the wide one is then the first waiter's).
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """Drop the interpreters; one still lent is dropped when given back."""
+        with self._changed:
+            self._closed = True
+            self._narrow_free.clear()
+            self._wide = self._wide_slot = None
+            self._changed.notify_all()
+
+
 class Detector:
     """A pool of loaded interpreters plus labels; safe to share across threads."""
 
-    def __init__(self, slots: Sequence[_Slot], labels: Mapping[int, str]) -> None:
-        self._pool: queue.Queue[_Slot] = queue.Queue()
-        for slot in slots:
-            self._pool.put(slot)
-        self._size = len(slots)
-        self._closed = False
+    def __init__(self, pool: InterpreterPool, labels: Mapping[int, str]) -> None:
+        self.pool = pool
         self.labels: Mapping[int, str] = dict(labels)
 
     @classmethod
     def load(
-        cls, model_dir: Path | str, *, interpreters: int | None = None, threads: int = 1
+        cls,
+        model_dir: Path | str,
+        *,
+        interpreters: int | None = None,
+        threads: int = 1,
+        lone_threads: int | None = None,
     ) -> Detector:
         """Check the files, import TensorFlow quietly and build the pool.
 
-        ``interpreters`` is how many requests can run inference at once (default
-        one per CPU); ``threads`` is each interpreter's thread count.
+        ``interpreters`` is how many inferences run at once under load (default one
+        per core), each on ``threads`` threads; ``lone_threads`` (default one per
+        core) is the thread count of the one more interpreter that an inference
+        gets when it is the only one in flight. It is built only when it has more
+        threads than the others (``lone_threads`` = ``threads``: none).
         """
         model_dir = Path(model_dir)
-        count = interpreters if interpreters is not None else (os.cpu_count() or 1)
-        if count < 1 or threads < 1:
-            raise ValueError(f"interpreters and threads must be >= 1, got {count}, {threads}")
         files = check_model_dir(model_dir)
-        labels = parse_labels(files[LABELS_NAME].decode("utf-8"))
-        model_path = model_dir / MODEL_NAME
+        return cls.build(
+            files[MODEL_NAME],
+            model_dir / MODEL_NAME,
+            parse_labels(files[LABELS_NAME].decode("utf-8")),
+            interpreters=interpreters,
+            threads=threads,
+            lone_threads=lone_threads,
+        )
+
+    @classmethod
+    def build(
+        cls,
+        model: bytes,
+        model_path: Path,
+        labels: Mapping[int, str],
+        *,
+        interpreters: int | None = None,
+        threads: int = 1,
+        lone_threads: int | None = None,
+    ) -> Detector:
+        """The pool built from ``model``, bytes already checked (``model_path`` names them).
+
+        The interpreters are built from those very bytes, so what was checked is
+        what runs; TensorFlow is imported quietly. Counts as for ``load``.
+        """
+        count = interpreters if interpreters is not None else usable_cores()
+        lone = lone_threads if lone_threads is not None else usable_cores()
+        if count < 1 or threads < 1 or lone < 1:
+            raise ValueError(
+                f"interpreters, threads and lone_threads must be >= 1, got {count}, "
+                f"{threads}, {lone}"
+            )
         with _quiet_native_stderr():
             interpreter_class = _interpreter_class()
-            slots = [
-                _make_slot(interpreter_class, files[MODEL_NAME], model_path, threads)
-                for _ in range(count)
+            narrow = [
+                _make_slot(interpreter_class, model, model_path, threads) for _ in range(count)
             ]
-        log.info("SSD model loaded: %d interpreters x %d threads", count, threads)
-        return cls(slots, labels)
+            wide = None
+            if lone > threads:
+                wide = _make_slot(interpreter_class, model, model_path, lone)
+        log.info(
+            "SSD model loaded: %d interpreters x %d threads%s",
+            count,
+            threads,
+            f", and one of {lone} threads for a lone call" if wide is not None else "",
+        )
+        return cls(InterpreterPool(narrow, wide), labels)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], owner: str) -> Detector:
         """``load`` configured by a function's registry options.
 
         ``model_dir`` (default $DCF_MODEL_DIR or <repo>/models), ``interpreters``
-        (default one per CPU) and ``threads`` (default 1); ``owner`` names the
-        function in error messages.
+        (default one per core), ``threads`` (default 1) and ``lone_threads``
+        (default one per core); ``owner`` names the function in error messages.
         """
         return cls.load(
             Path(options.get("model_dir") or default_model_dir()),
             interpreters=positive_int_option(options, "interpreters", None, owner),
             threads=positive_int_option(options, "threads", 1, owner) or 1,
+            lone_threads=positive_int_option(options, "lone_threads", None, owner),
         )
 
     @property
     def size(self) -> int:
-        """How many interpreters are in the pool."""
-        return self._size
+        """How many inferences run at once under load (the narrow interpreters)."""
+        return self.pool.size
+
+    def call(self) -> contextlib.AbstractContextManager[None]:
+        """Count one call in flight for a block (InterpreterPool.call): wrap a call's work."""
+        return self.pool.call()
 
     def infer(self, input_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """Run one 300x300x3 uint8 image; return raw boxes, classes, scores, count.
 
-        Blocks until an interpreter is free.
+        Blocks until the pool lends an interpreter (see InterpreterPool).
         """
-        if self._closed:
-            raise RuntimeError("the detector is closed")
         batch = np.ascontiguousarray(input_rgb, dtype=np.uint8)[None]
-        slot = self._pool.get()
-        try:
+        with self.pool.lend() as slot:
             interpreter = slot.interpreter
             interpreter.set_tensor(slot.input_index, batch)
             interpreter.invoke()
@@ -346,9 +531,6 @@ class Detector:
             classes = interpreter.get_tensor(slot.classes)[0]
             scores = interpreter.get_tensor(slot.scores)[0]
             count = int(interpreter.get_tensor(slot.count).reshape(-1)[0])
-        finally:
-            if not self._closed:
-                self._pool.put(slot)
         return boxes, classes, scores, min(count, len(scores))
 
     def detect(
@@ -390,12 +572,7 @@ class Detector:
 
     def close(self) -> None:
         """Drop the interpreters; a call still running drops its own when done."""
-        self._closed = True
-        while True:
-            try:
-                self._pool.get_nowait()
-            except queue.Empty:
-                return
+        self.pool.close()
 
 
 def resize_for_model(rgb: np.ndarray) -> np.ndarray:

@@ -96,7 +96,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from handlers.base import InvalidInput
+from handlers.errors import InvalidInput
 
 T = TypeVar("T")
 

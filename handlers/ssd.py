@@ -21,7 +21,7 @@ Memory budget (the arithmetic behind the defaults; handlers.images has each step
   other pictures at the cap, at a time; the others wait their turn), however many
   the registry lets in. The worker's peak is then at most
 
-      baseline (TensorFlow and two interpreters: 794 MiB measured)
+      baseline (TensorFlow, three interpreters: 794 MiB measured with two, + 13)
       + decode_memory_mib                                     244 MiB
       + max_concurrency x (3.125 x max_input_bytes + 54 MiB)  inputs, PNG answers
 
@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from handlers import detection_params, memory
+from handlers import detection_params, memory, steps
 from handlers.base import Function, Param, Reply, Request, declare
 
 MAX_DETECTIONS = detection_params.max_detections(
@@ -67,11 +67,14 @@ def create(options: Mapping[str, Any]) -> Function:
     """Load the model once and return the ready function.
 
     Options (all optional): ``model_dir`` (default $DCF_MODEL_DIR or <repo>/models),
-    ``interpreters`` (parallel inferences, default one per CPU), ``threads`` (per
-    interpreter, default 1), ``max_pixels`` (most pixels one call decodes, default
-    16 megapixels), ``decode_memory_mib`` (MiB of pixels all calls may hold at
-    once, default and minimum: what the costliest call at ``max_pixels`` holds),
-    ``jpeg_draft`` (decode big JPEGs at reduced scale for the model, default true).
+    ``interpreters`` (inferences at once under load, default one per core),
+    ``threads`` (of each of those, default 1), ``lone_threads`` (of one more
+    interpreter, which a call gets while it is the only one in flight; default one
+    per core; equal to ``threads``: no such interpreter), ``max_pixels`` (most
+    pixels one call decodes, default 16 megapixels), ``decode_memory_mib`` (MiB of
+    pixels all calls may hold at once, default and minimum: what the costliest call
+    at ``max_pixels`` holds), ``jpeg_draft`` (decode big JPEGs at reduced scale for
+    the model, default true).
     Raises detector.ModelMissing, whose message says to run ``make model``.
     """
     from handlers import detector, images  # heavy imports: load time only
@@ -101,23 +104,35 @@ def create(options: Mapping[str, Any]) -> Function:
         params = request.params
         threshold, limit = detection_params.read(params, MAX_DETECTIONS)
         draw = ANNOTATE.flag(params)
-        with images.decoding(
-            images.read_input(request.chunks),
-            max_pixels=max_pixels,
-            reduce_to=reduce_to,
-            picture=draw,
-            budget=budget,
-        ) as decoded:
-            # The 300x300 input is all the model needs: the JSON path lets go of the
-            # rest (and of its share of the budget) before waiting for an interpreter.
-            model_input = detector.resize_for_model(decoded.rgb)
-            width, height, picture = decoded.width, decoded.height, decoded.picture
-            del decoded
-            if picture is not None:  # drawn at the size it was decoded at
-                found = model.detect_resized(model_input, *picture.size, threshold, limit)
-                return Reply("image/png", [detector.annotate(picture, found)])
-        found = model.detect_resized(model_input, width, height, threshold, limit)
-        body = {"width": width, "height": height, "detections": found}
-        return Reply("application/json", [detector.compact_json(body)])
+        # In flight from here (the worker has the whole input by now): a call that
+        # decodes is load too, so a lone call's inference gets every core and
+        # concurrent ones one each (detector.InterpreterPool).
+        with model.call():
+            with steps.entered(
+                "decode",
+                lambda: images.decoding(
+                    images.read_input(request.chunks),
+                    max_pixels=max_pixels,
+                    reduce_to=reduce_to,
+                    picture=draw,
+                    budget=budget,
+                ),
+            ) as decoded:
+                # The 300x300 input is all the model needs: the JSON path lets go of the
+                # rest (and of its share of the budget) before waiting for an interpreter.
+                with steps.step("resize"):
+                    model_input = detector.resize_for_model(decoded.rgb)
+                width, height, picture = decoded.width, decoded.height, decoded.picture
+                del decoded
+                if picture is not None:  # drawn at the size it was decoded at
+                    with steps.step("inference"):
+                        found = model.detect_resized(model_input, *picture.size, threshold, limit)
+                    with steps.step("encode"):
+                        return Reply("image/png", [detector.annotate(picture, found)])
+            with steps.step("inference"):
+                found = model.detect_resized(model_input, width, height, threshold, limit)
+        with steps.step("encode"):
+            body = {"width": width, "height": height, "detections": found}
+            return Reply("application/json", [detector.compact_json(body)])
 
     return Function(handle=handle, params=PARAMS, close=model.close)

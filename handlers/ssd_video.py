@@ -42,6 +42,8 @@ Bounds, checked before the work they bound:
   With ``max_concurrency`` 4 in the registry, a worker holds at most 4 x 261 =
   1044 MiB of frames, over its 794 MiB baseline (TensorFlow and two
   interpreters): 1838 MiB, under docker/k8s's 2 Gi limit with 10% to spare.
+  The pipeline below adds one 300x300 input per frame in flight or decoded
+  ahead (270 KB each): a call lets go of a decoded frame once it is shrunk.
 
 Choices, and why:
 
@@ -68,13 +70,22 @@ Choices, and why:
   ``DEMUXERS`` and the ``file`` protocol, through OpenCV's
   ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` (set at ``create``; an operator's own value
   is kept, with the two whitelists added if it lacks them).
-* Frames are pipelined: the call's thread decodes frame n+1 (and n+2) while the
-  interpreter pool runs inference on the frames before it, at most one frame in
-  flight per interpreter; results are still sent in frame order. On the 2-core
-  target, with two 1-thread interpreters, this nearly halves the time for 10
-  frames against decode-then-infer (see bench/bench_ssd_video.py). A decoder
-  thread alone gained little: decoding a 640x480 frame takes ~1.5 ms against
-  ~17 ms of inference.
+* Frames are pipelined: the call's thread decodes frame n+1 while the
+  interpreter pool runs inference on the frames before it; results are still
+  sent in frame order, and at most one decoded frame waits for a place in flight.
+  How many frames are in flight follows the pool (``in_flight_per_call``): one
+  per 1-thread interpreter, so that a call alone keeps every core busy with
+  frames side by side. No interpreter of every core by default
+  (``lone_threads`` = ``threads``): for 10 frames, two frames at a time on two
+  1-thread interpreters beat one at a time on a 2-thread one (measured on the
+  2-core target, alternating: 0.91x to 0.99x of the plain loop on every core
+  against 0.94x to 1.13x), since a 2-thread interpreter spends about a tenth
+  more CPU per frame. With ``lone_threads`` set higher, a call alone runs its
+  frames one at a time on that interpreter instead (its first result comes
+  sooner), never beside a 1-thread one. Against the plain loop (decode, then
+  infer, frame after frame) the decoding is hidden: a 640x480 frame takes ~1.5
+  ms to decode against ~20 ms to infer on one thread. A decoder thread alone
+  gained little.
 * A frame is shrunk to 300x300 before its colours are swapped BGR -> RGB:
   resizing works per channel, so the model input is the same, with less to copy.
 * Frames skipped by ``stride`` are only grabbed (decoded, never converted).
@@ -98,7 +109,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from handlers import detection_params, memory
+from handlers import detection_params, memory, steps
 from handlers.base import Function, Param, Params, Reply, Request, declare
 from handlers.errors import InvalidInput, TooLarge
 
@@ -149,9 +160,11 @@ PARAMS = declare(MAX_FRAMES_PARAM, STRIDE, detection_params.THRESHOLD, MAX_DETEC
 def create(options: Mapping[str, Any]) -> Function:
     """Load the model once and return the ready function.
 
-    Options (all optional): ``model_dir``, ``interpreters``, ``threads`` as for
-    ``ssd``; ``spool_dir``, where uploads are spooled (default $DCF_SPOOL_DIR, else
-    the system temp dir; created if missing, and swept of what dead workers left).
+    Options (all optional): ``model_dir``, ``interpreters``, ``threads``,
+    ``lone_threads`` as for ``ssd``, except that ``lone_threads`` defaults to
+    ``threads`` (no interpreter of every core: see the module docstring);
+    ``spool_dir``, where uploads are spooled (default $DCF_SPOOL_DIR, else the
+    system temp dir; created if missing, and swept of what dead workers left).
     """
     from handlers import detector  # heavy imports: load time only
 
@@ -162,7 +175,10 @@ def create(options: Mapping[str, Any]) -> Function:
     sweep_spool(spool_dir)
     _restrict_ffmpeg()
     memory.map_large_blocks()  # pictures and frames mapped and unmapped: handlers/memory.py
-    model = detector.Detector.from_options(options, "ssd-video")
+    # A lone call is fastest with its frames side by side on the 1-thread
+    # interpreters (module docstring): no interpreter of every core unless asked.
+    defaults = {"lone_threads": options.get("threads", 1)}
+    model = detector.Detector.from_options({**defaults, **options}, "ssd-video")
     # One thread per interpreter: more could only wait for one.
     inference = concurrent.futures.ThreadPoolExecutor(
         max_workers=model.size, thread_name_prefix="ssd-video-infer"
@@ -254,8 +270,10 @@ def _run(
     fd, path = tempfile.mkstemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=spool_dir)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        _spool(fd, chunks)
-        yield from _frames(path, settings, model, inference)
+        with steps.step("spool"):
+            _spool(fd, chunks)
+        with model.call():
+            yield from _frames(path, settings, model, inference)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -382,7 +400,8 @@ def _frames(
                 height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
                 frame = None
             else:
-                frame = _decoded(capture.read, read, cv2)
+                with steps.step("decode", frame=read + 1):
+                    frame = _decoded(capture.read, read, cv2)
                 if frame is None:
                     break
                 read += 1
@@ -400,9 +419,16 @@ def _frames(
             if frame is None:
                 continue
             size = size or (width, height)
-            small = cv2.resize(frame, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR)
+            with steps.step("resize", frame=read):
+                small = cv2.resize(frame, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR)
+            del frame
+            # This frame was decoded while the earlier ones were inferred; it waits,
+            # the one frame decoded ahead, until a place in flight is free.
+            while len(pending) >= model.pool.in_flight_per_call():
+                number, done = pending.popleft()
+                yield compact_json({"frame": number, "detections": done.result()})
             job = inference.submit(
-                model.detect_resized,
+                steps.bound("inference", model.detect_resized, frame=read),
                 small[:, :, ::-1],
                 width,
                 height,
@@ -410,10 +436,6 @@ def _frames(
                 settings.max_detections,
             )
             pending.append((read, job))
-            # Keep every interpreter busy, no more: decode ahead while they work.
-            if len(pending) >= model.size:
-                number, done = pending.popleft()
-                yield compact_json({"frame": number, "detections": done.result()})
         if size is None:
             raise InvalidInput(f"video has no frame that can be decoded: expected {_KINDS}")
         while pending:
