@@ -38,10 +38,14 @@ imported and loaded by ``create``, once per worker.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from handlers import detection_params, memory, steps
 from handlers.base import Function, Param, Reply, Request, declare
+
+if TYPE_CHECKING:
+    from handlers.detector import Detector
+    from handlers.images import MemoryBudget
 
 MAX_DETECTIONS = detection_params.max_detections(
     "to return", "the model itself proposes at most 20"
@@ -96,14 +100,42 @@ def create(options: Mapping[str, Any]) -> Function:
             f"{-(-costliest // images.MIB)}: one call at max_pixels ({max_pixels}) may hold that"
         )
     budget = images.MemoryBudget(memory_mib * images.MIB)
-    memory.map_large_blocks()  # pictures and frames mapped and unmapped: handlers/memory.py
     reduce_to = detector.INPUT_SIZE if _bool(options, "jpeg_draft", True) else None
     model = detector.Detector.from_options(options, "ssd")
+    return detection_function(
+        model,
+        PARAMS,
+        (detection_params.THRESHOLD, MAX_DETECTIONS, ANNOTATE),
+        max_pixels=max_pixels,
+        budget=budget,
+        reduce_to=reduce_to,
+    )
+
+
+def detection_function(
+    model: Detector,
+    params: Mapping[str, Param],
+    read: tuple[Param, Param, Param],
+    *,
+    max_pixels: int,
+    budget: MemoryBudget,
+    reduce_to: int | None,
+) -> Function:
+    """ssd's way of answering, around a loaded ``model``: decode within ``budget``,
+    resize, detect, answer JSON or the annotated PNG. Shared with any detector a
+    function folder configures (handlers/tflite_detection.py). ``params`` are the
+    params the function takes; ``read`` the threshold, max_detections and annotate
+    params its calls are read with (a folder may leave some undeclared: their
+    defaults then hold)."""
+    from handlers import detector, images
+
+    threshold_param, limit_param, annotate_param = read
+    memory.map_large_blocks()  # pictures and frames mapped and unmapped: handlers/memory.py
 
     def handle(request: Request) -> Reply:
-        params = request.params
-        threshold, limit = detection_params.read(params, MAX_DETECTIONS)
-        draw = ANNOTATE.flag(params)
+        threshold = threshold_param.number(request.params)
+        limit = limit_param.integer(request.params)
+        draw = annotate_param.flag(request.params)
         # In flight from here (the worker has the whole input by now): a call that
         # decodes is load too, so a lone call's inference gets every core and
         # concurrent ones one each (detector.InterpreterPool).
@@ -135,4 +167,4 @@ def create(options: Mapping[str, Any]) -> Function:
             body = {"width": width, "height": height, "detections": found}
             return Reply("application/json", [detector.compact_json(body)])
 
-    return Function(handle=handle, params=PARAMS, close=model.close)
+    return Function(handle=handle, params=params, close=model.close)

@@ -111,7 +111,7 @@ from typing import Any
 
 from handlers import detection_params, memory, steps
 from handlers.base import Function, Param, Params, Reply, Request, declare
-from handlers.errors import InvalidInput, TooLarge
+from handlers.errors import InvalidInput, Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +350,7 @@ def _spool(fd: int, chunks: Iterator[bytes]) -> None:
                 size += len(chunk)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise TooLarge("no space left to spool the video; try again later") from None
+            raise Overloaded("no space left to spool the video; try again later") from None
         raise
     if size == 0:
         raise InvalidInput(f"empty input: expected a video ({_KINDS})")

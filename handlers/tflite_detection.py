@@ -33,8 +33,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from handlers import detection_params, memory
-from handlers.base import Function, Param, Reply, Request
+from handlers import detection_params, ssd
+from handlers.base import Function, Param
 
 OWNER = "tflite_detection"
 DEFAULT_MAX_DETECTIONS = detection_params.max_detections("to return")
@@ -78,51 +78,25 @@ def create(options: Mapping[str, Any], params: Mapping[str, Param]) -> Function:
         raise detector.ModelMissing(
             f"model file {model_path} fails its checksum (sha256 {digest}, expected {expected})"
         )
-    count = detector.positive_int_option(options, "interpreters", None, OWNER)
-    count = count or detector.usable_cores()
-    threads = detector.positive_int_option(options, "threads", 1, OWNER) or 1
-    lone = detector.positive_int_option(options, "lone_threads", None, OWNER)
-    lone = lone or detector.usable_cores()
-    # The checked bytes are what the interpreters are built from, as Detector.load does.
-    with detector._quiet_native_stderr():
-        interpreter_class = detector._interpreter_class()
-        narrow = [
-            detector._make_slot(interpreter_class, model_bytes, model_path, threads)
-            for _ in range(count)
-        ]
-        wide = (
-            detector._make_slot(interpreter_class, model_bytes, model_path, lone)
-            if lone > threads
-            else None
-        )
-    model = detector.Detector(detector.InterpreterPool(narrow, wide), labels)
-
-    threshold = params.get("threshold", detection_params.THRESHOLD)
-    limit = params.get("max_detections", DEFAULT_MAX_DETECTIONS)
-    annotate = params.get("annotate", DEFAULT_ANNOTATE)
+    model = detector.Detector.build(
+        model_bytes,
+        model_path,
+        labels,
+        interpreters=detector.positive_int_option(options, "interpreters", None, OWNER),
+        threads=detector.positive_int_option(options, "threads", 1, OWNER) or 1,
+        lone_threads=detector.positive_int_option(options, "lone_threads", None, OWNER),
+    )
+    read = (
+        params.get("threshold", detection_params.THRESHOLD),
+        params.get("max_detections", DEFAULT_MAX_DETECTIONS),
+        params.get("annotate", DEFAULT_ANNOTATE),
+    )
     max_pixels = images.DEFAULT_MAX_PIXELS
-    budget = images.MemoryBudget(max_pixels * images.BYTES_PER_PIXEL_WEBP)
-    memory.map_large_blocks()
-
-    def handle(request: Request) -> Reply:
-        found_at = threshold.number(request.params)
-        most = limit.integer(request.params)
-        draw = annotate.flag(request.params)
-        with images.decoding(
-            images.read_input(request.chunks),
-            max_pixels=max_pixels,
-            reduce_to=detector.INPUT_SIZE,
-            picture=draw,
-            budget=budget,
-        ) as decoded:
-            model_input = detector.resize_for_model(decoded.rgb)
-            width, height, picture = decoded.width, decoded.height, decoded.picture
-            del decoded
-            if picture is not None:
-                found = model.detect_resized(model_input, *picture.size, found_at, most)
-                return Reply("image/png", [detector.annotate(picture, found)])
-        found = model.detect_resized(model_input, width, height, found_at, most)
-        body = {"width": width, "height": height, "detections": found}
-        return Reply("application/json", [detector.compact_json(body)])
-
-    return Function(handle=handle, close=model.close)
+    return ssd.detection_function(
+        model,
+        params,
+        read,
+        max_pixels=max_pixels,
+        budget=images.MemoryBudget(max_pixels * images.BYTES_PER_PIXEL_WEBP),
+        reduce_to=detector.INPUT_SIZE,
+    )
