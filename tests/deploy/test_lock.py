@@ -29,16 +29,19 @@ TEST_LOCK = ROOT / "requirements-test.lock"
 
 
 def setup_requirements() -> tuple[list[Requirement], list[Requirement]]:
-    """setup.cfg's install_requires and its test extra."""
+    """What the image runs (install_requires and the otel extra, for traces) and the
+    test tools (the test extra, less what the image runs too)."""
     config = configparser.ConfigParser()
     config.read(ROOT / "setup.cfg")
 
     def parse(text: str) -> list[Requirement]:
         return [Requirement(line) for line in text.splitlines() if line.strip()]
 
-    return parse(config["options"]["install_requires"]), parse(
-        config["options.extras_require"]["test"]
-    )
+    extras = config["options.extras_require"]
+    runtime = parse(config["options"]["install_requires"]) + parse(extras["otel"])
+    shipped = {canonicalize_name(r.name) for r in runtime}
+    tools = [r for r in parse(extras["test"]) if canonicalize_name(r.name) not in shipped]
+    return runtime, tools
 
 
 def pins(lock: Path) -> dict[str, tuple[Version, list[str]]]:
@@ -162,7 +165,9 @@ def test_make_lock_writes_both_locks_with_hashes() -> None:
         assert "--generate-hashes" in words and words[-1] == "setup.cfg", words
     assert outputs[TEST_LOCK.name][outputs[TEST_LOCK.name].index("--extra") + 1] == "test"
     runtime = outputs[LOCK.name]
-    assert "--extra" not in runtime and runtime[runtime.index("--constraint") + 1] == TEST_LOCK.name
+    # The image's lock: install_requires and the otel extra (traces), no test tools.
+    extras = [runtime[i + 1] for i, word in enumerate(runtime) if word == "--extra"]
+    assert extras == ["otel"] and runtime[runtime.index("--constraint") + 1] == TEST_LOCK.name
     # Written in that order: the runtime lock follows the test lock's pins.
     assert list(outputs) == [TEST_LOCK.name, LOCK.name]
 
