@@ -159,6 +159,29 @@ def _options(settings: Settings) -> FrontOptions | None:
         return None
 
 
+async def _run_with(
+    settings: Settings,
+    gateway_address: str,
+    stop: asyncio.Event,
+    credentials: grpc.ChannelCredentials | None,
+    options: FrontOptions,
+) -> int:
+    """``run_http`` as ``settings`` say, calling the gateway at ``gateway_address``."""
+    return await run_http(
+        settings.host,
+        settings.http_port,
+        gateway_address,
+        stop,
+        credentials=credentials,
+        channel_options=_channel_options(settings),
+        tls_cert=settings.tls_cert,
+        tls_key=settings.tls_key,
+        grace_seconds=settings.grace_seconds,
+        options=options,
+        limits=_limits(settings),
+    )
+
+
 async def serve_role(
     settings: Settings, gateway_address: str, gateway_ca: str, stop: asyncio.Event
 ) -> int:
@@ -175,19 +198,7 @@ async def serve_role(
     except OSError as exc:
         log.error("HTTP: cannot read the gateway CA %s: %s", gateway_ca, exc.strerror)
         return 2
-    return await run_http(
-        settings.host,
-        settings.http_port,
-        gateway_address,
-        stop,
-        credentials=credentials,
-        channel_options=_channel_options(settings),
-        tls_cert=settings.tls_cert,
-        tls_key=settings.tls_key,
-        grace_seconds=settings.grace_seconds,
-        options=options,
-        limits=_limits(settings),
-    )
+    return await _run_with(settings, gateway_address, stop, credentials, options)
 
 
 async def serve_beside_gateway(
@@ -217,19 +228,8 @@ async def serve_beside_gateway(
         stop.set()
         return 2
     try:
-        code = await run_http(
-            settings.host,
-            settings.http_port,
-            loopback(settings.host, gateway_port.result()),
-            stop,
-            credentials=credentials,
-            channel_options=_channel_options(settings),
-            tls_cert=settings.tls_cert,
-            tls_key=settings.tls_key,
-            grace_seconds=settings.grace_seconds,
-            options=options,
-            limits=_limits(settings),
-        )
+        gateway = loopback(settings.host, gateway_port.result())
+        code = await _run_with(settings, gateway, stop, credentials, options)
     except Exception:  # any error: the service stops rather than run without its front
         log.exception("HTTP front failed")
         code = 2

@@ -13,19 +13,16 @@ from pathlib import Path
 import pytest
 
 from tests.support import ROOT, Service
-from tests.support.http import GRACE_HOPPER, paused, video_file, wav_bytes, worker_pid
+from tests.support.http import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    GRACE_HOPPER,
+    paused,
+    video_file,
+    wav_bytes,
+    worker_pid,
+)
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SHOTS = ROOT / "tests" / "screenshots"
 TIMEOUT_MS = 30_000
 
@@ -42,7 +39,7 @@ def browser():
 
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=ARGS
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
         )
         yield chromium
         chromium.close()

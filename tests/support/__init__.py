@@ -19,6 +19,7 @@ test names one module for all it needs, wherever the harness moves.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -135,3 +136,21 @@ def run_client(
         timeout=60,
         env=None if env is None else dict(env),
     )
+
+
+def run_probe(script: Path, address: str, steps: list[dict], timeout: float = 300) -> list[dict]:
+    """Run ``steps`` (JSON in, one JSON result per step out) with a probe script in a
+    process of its own: tritonclient's protos and ours share message names, so they
+    cannot live in one process (tests/oip/triton_probe.py, tests/http/v2_probe.py)."""
+    done = subprocess.run(
+        [sys.executable, str(script), address],
+        input=json.dumps(steps),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, f"{script.name} failed:\n{done.stderr[-4000:]}"
+    results = json.loads(done.stdout)
+    assert len(results) == len(steps)
+    return results

@@ -28,7 +28,7 @@ import h11
 import matplotlib
 import numpy as np
 
-from tests.support import ROOT, free_port, wait_listening, wait_serving
+from tests.support import ROOT, free_port, run_probe, wait_listening, wait_serving
 
 GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 MiB = 1 << 20
@@ -239,26 +239,15 @@ V2_PROBE = ROOT / "tests" / "http" / "v2_probe.py"
 
 
 def v2_probe(address: str, steps: list[dict], timeout: float = 300) -> list[dict]:
-    """Run ``steps`` with tritonclient's HTTP client against ``address`` (the HTTP front's
-    HOST:PORT) in a process of its own (tests/http/v2_probe.py says why and how)."""
-    done = subprocess.run(
-        [sys.executable, str(V2_PROBE), address],
-        input=json.dumps(steps),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=timeout,
-    )
-    assert done.returncode == 0, f"v2 probe failed:\n{done.stderr[-4000:]}"
-    results = json.loads(done.stdout)
-    assert len(results) == len(steps)
-    return results
+    """Run ``steps`` with tritonclient's HTTP client against ``address``, in a process of
+    its own (``run_probe``)."""
+    return run_probe(V2_PROBE, address, steps, timeout)
 
 
 # ---------------------------------------------------------------- a browser
 
 # Debian's chromium, which Playwright drives and never downloads (``make browser``), and
-# how it is started here (tests/http/test_page.py says the same).
+# how the page tests start it.
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 from scipy.io import wavfile
 
-from tests.support import ROOT
+from tests.support import ROOT, run_probe
 
 PROBE = ROOT / "tests" / "oip" / "triton_probe.py"
 PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
@@ -24,23 +21,9 @@ def b64(data: bytes) -> str:
 
 
 def triton(address: str, steps: list[dict], timeout: float = 300) -> list[dict]:
-    """Run ``steps`` with tritonclient's gRPC client in a separate process.
-
-    tritonclient's protos and ours share message names, so they cannot live in one
-    process: the pytest process imports ours, the probe tritonclient's.
-    """
-    done = subprocess.run(
-        [sys.executable, str(PROBE), address],
-        input=json.dumps(steps),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=timeout,
-    )
-    assert done.returncode == 0, f"triton probe failed:\n{done.stderr[-4000:]}"
-    results = json.loads(done.stdout)
-    assert len(results) == len(steps)
-    return results
+    """Run ``steps`` with tritonclient's gRPC client against ``address``, in a process of
+    its own (``run_probe``)."""
+    return run_probe(PROBE, address, steps, timeout)
 
 
 def value(result: dict):
