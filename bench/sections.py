@@ -383,6 +383,23 @@ def http_section(service: Service, quick: bool, goals: Goals) -> str:
     return table.render() + "\n" + echo.render()
 
 
+def v2_section(service: Service, quick: bool, goals: Goals) -> str:
+    """ssd through the HTTP front's Open Inference /v2 infer beside gRPC ModelInfer."""
+    from bench.bench_v2 import run
+
+    figures = run(
+        service.address, service.http_url, photo(), repetitions=rounds_for(quick), calls=40
+    )
+    table = Table("Open Inference over HTTP: ssd, one image", ["path", "p50 ms", "vs ModelInfer"])
+    table.add("gRPC inference ModelInfer", figures["model_infer_p50_ms"], "1.00x")
+    table.add(
+        "HTTP POST /v2/models/ssd/infer (binary tensor data)",
+        figures["v2_p50_ms"],
+        Spread.of(figures["ratios"]).ratio(3),
+    )
+    return table.render()
+
+
 Section = Callable[[Service, bool, Goals], str]
 
 ALL: list[tuple[str, Section]] = [
@@ -393,4 +410,5 @@ ALL: list[tuple[str, Section]] = [
     ("ssd-video", ssd_video_section),
     ("oip", oip_section),
     ("http", http_section),
+    ("v2", v2_section),
 ]
