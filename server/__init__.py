@@ -12,6 +12,9 @@ A call's way, and the folder of each step:
   Call stream's framing, errors to statuses, addresses and request ids.
 - ``repository/``: function folders (``function.yaml`` and a handler file): reading
   and loading them, the scaffold, watching them while serving, and ``ship``.
+- ``telemetry/``: what every role reports beside its answers: traces
+  (OpenTelemetry, when configured), the JSON log format, and the embedded gateway's
+  relay of its local workers' metrics. Imports only the top level.
 - ``run/``: the composition root: the command line, ``main``, the supervisor of
   local workers, live reloads, and the container probe.
 - At the top: ``config.py`` (Settings and the function registry, functions.yaml),
@@ -20,11 +23,11 @@ A call's way, and the folder of each step:
   public testing API (start a served instance from a test).
 
 Imports run one way: ``run`` may import every role; ``http``, ``oip``, ``gateway``
-and ``worker`` import ``rpc`` and the top-level modules, not each other, with two
-exceptions that follow the data: ``oip`` imports the gateway it adapts, and ``http``
-imports ``oip.codec``, the Open Inference model mapping its ``/v2`` shares with the
-gRPC adapter; ``worker`` loads folder functions through ``repository``, which
-imports only the top level. ``rpc`` imports only the top level; nothing imports
-``run``. Nothing
-here is imported by ``handlers/``.
+and ``worker`` import ``rpc``, ``telemetry`` and the top-level modules, not each
+other, with two exceptions that follow the data: ``oip`` imports the gateway it
+adapts, and ``http`` imports ``oip.codec``, the Open Inference model mapping its
+``/v2`` shares with the gRPC adapter; ``worker`` loads folder functions through
+``repository``. ``rpc`` and ``telemetry`` import only the top level, ``repository``
+the top level and ``rpc``; nothing imports ``run``; nothing here is imported by
+``handlers/``.
 """
