@@ -32,7 +32,7 @@ def main() -> int:
         default=[],
         metavar="SECTION",
         help="run only this section (repeatable): gateway, streaming, ssd, send-wav, "
-        "ssd-video, oip, http",
+        "ssd-video, oip, http, v2",
     )
     args = parser.parse_args()
 

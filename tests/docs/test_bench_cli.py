@@ -12,7 +12,7 @@ import sys
 
 from tests.support import ROOT
 
-SECTIONS = ["gateway", "streaming", "ssd", "send-wav", "ssd-video", "oip", "http"]
+SECTIONS = ["gateway", "streaming", "ssd", "send-wav", "ssd-video", "oip", "http", "v2"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
