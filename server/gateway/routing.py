@@ -220,9 +220,20 @@ class Routes:
         if channel is None:
             await report(name, False)
             return
+        ready = False
         while True:
             state = channel.get_state(try_to_connect=True)
-            await report(name, state == grpc.ChannelConnectivity.READY)
+            # A routine reconnect (the connection's age is up: the worker sends GOAWAY)
+            # passes through IDLE and CONNECTING: a worker that was ready stays so unless
+            # the attempt fails. One that died is refused at once (TRANSIENT_FAILURE).
+            if state == grpc.ChannelConnectivity.READY:
+                ready = True
+            elif state in (
+                grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+                grpc.ChannelConnectivity.SHUTDOWN,
+            ):
+                ready = False
+            await report(name, ready)
             await channel.wait_for_state_change(state)
 
     async def wait_ready(self, name: str, timeout: float) -> bool:
