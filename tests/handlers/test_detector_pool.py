@@ -22,21 +22,10 @@ from PIL import Image
 from handlers import detector, ssd, ssd_video
 from handlers.base import Function, Params, Request
 from handlers.errors import Cancelled, InvalidInput
-from handlers.model_fetch import default_model_dir
 from tests.support.media import make_video, photo, photo_as
 
 WIDE = 2  # the lone call's threads in these tests (the 2-core target's), whatever the machine
 WAIT = 120  # seconds: generous, for a shared and busy machine
-
-
-@pytest.fixture(scope="module")
-def model_dir() -> Path:
-    path = default_model_dir()
-    try:
-        detector.check_model_dir(path)
-    except detector.ModelMissing as exc:
-        pytest.fail(f"SSD model files missing, run make model: {exc}")
-    return path
 
 
 @pytest.fixture(scope="module")

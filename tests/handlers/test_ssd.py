@@ -43,16 +43,6 @@ KEYS = {"class", "label", "confidence", "xmin", "ymin", "xmax", "ymax"}
 
 
 @pytest.fixture(scope="session")
-def model_dir() -> Path:
-    path = default_model_dir()
-    try:
-        detector.check_model_dir(path)
-    except detector.ModelMissing as exc:
-        pytest.fail(f"SSD model files missing, run make model: {exc}")
-    return path
-
-
-@pytest.fixture(scope="session")
 def fn(model_dir: Path) -> Iterator[Function]:
     function = ssd.create({"model_dir": str(model_dir), "interpreters": 2})
     yield function
