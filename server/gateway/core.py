@@ -15,12 +15,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 
 import grpc
 
 from handlers.base import Param
-from handlers.errors import DeadlineExceeded, InvalidInput, Overloaded, TooLarge
+from handlers.errors import DeadlineExceeded, InvalidInput, Overloaded
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from server.admission import Admission, ByteBudget
 from server.config import FunctionConfig, Settings
@@ -152,12 +152,13 @@ class Gateway:
     async def call(
         self,
         header: dcf_pb2.CallHeader,
-        chunks: AsyncIterator[bytes],
+        chunks: AsyncIterator[bytes] | bytes,
         context: grpc.aio.ServicerContext,
         front: str = CALL_SPAN,
     ) -> AsyncIterator[dcf_pb2.CallResponse]:
         """One call, whatever the front: resolve, admit, relay, and account for it.
 
+        ``chunks``: the input as it arrives, or whole (the unary fronts' bytes).
         The caller gets a request id in its trailing metadata (its own
         ``x-request-id`` if it sent one), whatever the outcome; the worker gets the
         same id. Trailing, because forcing initial metadata out costs a round of its
@@ -179,7 +180,13 @@ class Gateway:
             deadline = Deadline(context, self.settings.call_seconds(fn))
             with self.routes.lease(fn.name) as route:
                 async with self.admit(fn, deadline):
-                    counted = self._counted(chunks, fn, sizes)
+                    if isinstance(chunks, bytes):
+                        counted: AsyncIterator[bytes] | bytes = stream.InputLimit(
+                            fn.name, fn.max_input_bytes
+                        ).count(chunks)
+                        sizes[0] = len(chunks)
+                    else:
+                        counted = self._counted(chunks, fn, sizes)
                     async for response in self.relay(
                         fn, header, counted, deadline, request_id, route, trace
                     ):
@@ -274,17 +281,14 @@ class Gateway:
         body: list[bytes] = []
         held = 0
         try:
-            chunks = _aiter(stream.split(data, self.settings.chunk_bytes))
-            async for response in self.call(header, chunks, context, front):
+            async for response in self.call(header, bytes(data), context, front):
                 kind = response.WhichOneof("kind")
                 if kind == "header":
                     content_type = response.header.content_type
                     continue
                 piece = response.chunk if kind == "chunk" else response.result
                 if held + len(piece) > limit:
-                    raise TooLarge(
-                        f"{name}: output exceeds the Invoke limit of {limit} bytes; use Call"
-                    )
+                    raise stream.output_too_large(name, limit)
                 self._unary.grow(len(piece))
                 held += len(piece)
                 body.append(piece)
@@ -315,36 +319,49 @@ class Gateway:
         self,
         fn: FunctionConfig,
         header: dcf_pb2.CallHeader,
-        chunks: AsyncIterator[bytes],
+        chunks: AsyncIterator[bytes] | bytes,
         deadline: Deadline,
         request_id: str = "",
         route: Route | None = None,
         trace: tracing.Span = tracing.NOOP,
     ) -> AsyncIterator[dcf_pb2.CallResponse]:
-        """Stream ``chunks`` to a worker of ``fn`` and yield its responses.
+        """Send ``chunks`` (or the whole input) to a worker of ``fn``; yield its responses.
 
         A worker that is unavailable before it answers anything gets the call once
-        more on another replica, if the input so far is small enough to send again.
-        Raises a FunctionError (or CallError with the worker's own status) on failure.
-        ``route``: the one the call leased (default: the function's route now). Each
-        attempt is a span inside ``trace``.
+        more on another replica, if the input so far is small enough to send again
+        (a whole input always is). Raises a FunctionError (or CallError with the
+        worker's own status) on failure. ``route``: the one the call leased (default:
+        the function's route now). Each attempt is a span inside ``trace``.
         """
         route = route or self.routes.route(fn.name)
         if route is None:
             raise errors.CallError(
                 grpc.StatusCode.UNAVAILABLE, f"{fn.name}: no worker is configured"
             )
-        stub = route.stub
-        replay = ReplayableInput(chunks, self.replay_bytes)
+        whole, replay = None, None
+        if isinstance(chunks, bytes) and self._fits_one_message(header, chunks):
+            whole = chunks
+        elif isinstance(chunks, bytes):
+            pieces = _aiter(stream.split(chunks, self.settings.chunk_bytes))
+            replay = ReplayableInput(pieces, self.replay_bytes)
+        else:
+            replay = ReplayableInput(chunks, self.replay_bytes)
         try:
             for attempt in (1, 2):
                 answered = False
                 await self._worker_up(fn, deadline, route)
                 span = _attempt_span(trace, fn, route, attempt)
+                if whole is not None:
+                    tried = self._attempt_whole(
+                        route, fn, header, whole, deadline, request_id, span.headers()
+                    )
+                else:
+                    assert replay is not None
+                    tried = self._attempt(
+                        route.stub, fn, header, replay, deadline, request_id, span.headers()
+                    )
                 try:
-                    async for response in self._attempt(
-                        stub, fn, header, replay, deadline, request_id, span.headers()
-                    ):
+                    async for response in tried:
                         answered = True
                         yield response
                     span.end()
@@ -355,7 +372,7 @@ class Gateway:
                         exc.code == grpc.StatusCode.UNAVAILABLE
                         and attempt == 1
                         and not answered
-                        and replay.replayable
+                        and (replay is None or replay.replayable)
                     )
                     if not retry:
                         raise
@@ -364,6 +381,57 @@ class Gateway:
                 except BaseException as exc:
                     span.end(errors.code_of(exc).name)
                     raise
+        finally:
+            if replay is not None:
+                replay.close()
+
+    def _fits_one_message(self, header: dcf_pb2.CallHeader, whole: bytes) -> bool:
+        """Whether a whole input goes to the worker as one Invoke: one that fits in a
+        chunk (what a worker takes in one message), for a call that wants its answer
+        collected (what Invoke answers)."""
+        return header.collect and len(whole) <= self.settings.chunk_bytes
+
+    async def _attempt_whole(
+        self,
+        route: Route,
+        fn: FunctionConfig,
+        header: dcf_pb2.CallHeader,
+        whole: bytes,
+        deadline: Deadline,
+        request_id: str,
+        trace_headers: list[tuple[str, str]],
+    ) -> AsyncIterator[dcf_pb2.CallResponse]:
+        """One Worker.Invoke, its answer yielded as a Call's would be (header, chunk).
+
+        A stream costs the worker a hand-off between its loop and the handler's thread
+        per message, and both hops several rounds through gRPC's core; one message
+        each way is what a small call needs. A worker that predates Worker.Invoke
+        (UNIMPLEMENTED, during a rolling upgrade) gets this call and the rest of its
+        route's calls streamed.
+        """
+        if route.whole_calls:
+            request = dcf_pb2.InvokeRequest(function=fn.name, input=whole, params=header.params)
+            metadata = ((REQUEST_ID, request_id), *self._door, *trace_headers)
+            call = route.stub.Invoke(request, timeout=deadline.left(), metadata=metadata)
+            try:
+                reply = await call
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise self._worker_error(fn, await errors.upstream_error(call, exc)) from None
+                log.warning("%s: workers predate Worker.Invoke; streaming calls", fn.name)
+                route.whole_calls = False
+            else:
+                yield dcf_pb2.CallResponse(
+                    header=dcf_pb2.ResponseHeader(content_type=reply.content_type)
+                )
+                yield dcf_pb2.CallResponse(chunk=reply.output)
+                return
+        replay = ReplayableInput(_aiter([whole]), len(whole))
+        try:
+            async for response in self._attempt(
+                route.stub, fn, header, replay, deadline, request_id, trace_headers
+            ):
+                yield response
         finally:
             replay.close()
 
@@ -557,14 +625,18 @@ def param_spec(param: Param) -> dcf_pb2.ParamSpec:
 def _attempt_span(
     trace: tracing.Span, fn: FunctionConfig, route: Route, attempt: int
 ) -> tracing.Span:
-    """The span of one attempt to relay a call to ``fn``'s workers (the second: a retry)."""
-    return trace.child(
-        f"relay {fn.name}",
-        "client",
-        attempt=attempt,
-        retry=attempt > 1,
-        **{"server.address": ",".join(route.workers)},
+    """The span of one attempt to relay a call to ``fn``'s workers (the second: a retry).
+
+    A local worker reached over its Unix socket is named by the socket's path, as
+    OpenTelemetry's ``server.address`` has it, with ``network.transport`` unix.
+    """
+    paths = [w.removeprefix("unix:") for w in route.workers if w.startswith("unix:")]
+    where = (
+        {"server.address": ",".join(paths), "network.transport": "unix"}
+        if paths
+        else {"server.address": ",".join(route.workers)}
     )
+    return trace.child(f"relay {fn.name}", "client", attempt=attempt, retry=attempt > 1, **where)
 
 
 def _waiting_in(admission: Admission) -> Callable[[], float]:
@@ -579,6 +651,6 @@ def _input_error(upstream: asyncio.Task[None]) -> BaseException | None:
     return None
 
 
-async def _aiter(items: list[memoryview]) -> AsyncIterator[bytes]:
+async def _aiter(items: Iterable[bytes | memoryview]) -> AsyncIterator[bytes]:
     for item in items:
         yield bytes(item)

@@ -79,6 +79,8 @@ class Route:
         self.target = target
         self.leases = 0
         self.retired = False
+        # Whether its workers take a whole call as one Worker.Invoke (older ones do not).
+        self.whole_calls = True
         self.drained = asyncio.Event()  # set once retired with no lease left
 
     def take(self) -> None:

@@ -56,6 +56,11 @@ class InputLimit:
         return chunk
 
 
+def output_too_large(function: str, limit: int) -> TooLarge:
+    """The error of a unary answer over its limit: the gateway's and the worker's alike."""
+    return TooLarge(f"{function}: output exceeds the Invoke limit of {limit} bytes; use Call")
+
+
 async def limited(
     chunks: AsyncIterator[bytes], function: str, max_bytes: int
 ) -> AsyncIterator[bytes]:

@@ -125,8 +125,11 @@ def servicer_adder(servicer: object, service: ServiceDescriptor) -> Adder:
     return add
 
 
-def message_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """Channel/server options allowing messages up to ``max_message_bytes`` both ways.
+def message_options(
+    max_message_bytes: int, max_send_bytes: int | None = None
+) -> list[tuple[str, int]]:
+    """Channel/server options allowing messages up to ``max_message_bytes`` both ways
+    (sent ones up to ``max_send_bytes`` instead, if given).
 
     BDP probing is off: it grows HTTP/2 flow-control windows toward a fast peer, and
     on a pass-through those windows are bytes held in memory (about 40 MB more in the
@@ -135,7 +138,7 @@ def message_options(max_message_bytes: int) -> list[tuple[str, int]]:
     """
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_send_bytes or max_message_bytes),
         ("grpc.http2.bdp_probe", 0),
         ("grpc.http2.lookahead_bytes", 4 << 20),
     ]
@@ -169,6 +172,8 @@ async def serve(
     in_flight: Callable[[], int] | None = None,
     max_connection_age_seconds: float | None = None,
     ready: bool = True,
+    max_send_bytes: int | None = None,
+    unix_socket: str = "",
 ) -> AsyncIterator[Served]:
     """Start a server with ``adders``' servicers plus health and reflection; stop it on exit.
 
@@ -180,8 +185,10 @@ async def serve(
     balancing over a DNS name notices replicas added since it last resolved it.
     With ``ready`` false the server's overall health (the "" service) starts
     NOT_SERVING, for the caller to set once what it depends on is up.
+    ``max_send_bytes``: the largest answer, where it differs from the largest request.
+    ``unix_socket``: a path to listen on as well, without TLS (same-machine peers only).
     """
-    options = [*message_options(max_message_bytes), ("grpc.so_reuseport", 0)]
+    options = [*message_options(max_message_bytes, max_send_bytes), ("grpc.so_reuseport", 0)]
     if max_connection_age_seconds:
         options.append(("grpc.max_connection_age_ms", int(max_connection_age_seconds * 1000)))
     server = grpc.aio.server(options=options, interceptors=list(interceptors))
@@ -205,12 +212,15 @@ async def serve(
         bound = server.add_secure_port(address, credentials)
     if not bound:
         raise OSError(f"cannot listen on {address}")
+    if unix_socket and not server.add_insecure_port(f"unix:{unix_socket}"):
+        raise OSError(f"cannot listen on unix:{unix_socket}")
     await server.start()
     served = Served(server=server, port=bound, health=health_servicer)
     await served.set_serving("", ready)
     for name in names:
         await served.set_serving(name, True)
-    log.info("listening on %s:%d (%s)", host, bound, ", ".join(names))
+    also = f" and unix:{unix_socket}" if unix_socket else ""
+    log.info("listening on %s:%d%s (%s)", host, bound, also, ", ".join(names))
     try:
         yield served
     finally:

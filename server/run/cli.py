@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         "worker", parents=[options(True, False)], help="run one function's worker"
     )
     worker.add_argument("function", help="the function this worker serves")
+    worker.add_argument(
+        "--socket",
+        default="",
+        metavar="PATH",
+        help="listen on this Unix domain socket too (the embedded default's gateway uses one)",
+    )
     worker.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--http-port",

@@ -49,6 +49,7 @@ from server.rpc.server import serve, servicer_adder
 from server.run.cli import build_parser, settings_from
 from server.run.live import Live
 from server.run.reload import Folders, RegistryFile
+from server.run.sockets import WorkerSockets
 from server.run.supervisor import Supervisor, WorkerProcess, local_port
 from server.telemetry import logs, tracing
 from server.telemetry.relay import relay_local_workers
@@ -87,7 +88,11 @@ async def _watch_parent(stop: asyncio.Event) -> None:
 
 
 async def run_worker(
-    settings: Settings, name: str, port: int | None, exit_with_parent: bool = False
+    settings: Settings,
+    name: str,
+    port: int | None,
+    exit_with_parent: bool = False,
+    unix_socket: str = "",
 ) -> int:
     try:
         servicer, config = worker_servicer(settings, name)
@@ -121,6 +126,8 @@ async def run_worker(
             ),
             in_flight=lambda: servicer.in_flight,
             max_connection_age_seconds=WORKER_CONNECTION_AGE_SECONDS,
+            max_send_bytes=settings.max_invoke_bytes + MESSAGE_SLACK,  # Invoke's answers
+            unix_socket=unix_socket,
         ):
             await stop.wait()
             log.info("worker %s stopping", name)
@@ -222,13 +229,26 @@ async def run_gateway(
 
 
 async def run_embedded(settings: Settings, config_args: list[str], http: bool = True) -> int:
-    workers = []
+    sockets = WorkerSockets(enabled=not settings.worker_ca)
+    try:
+        return await _run_embedded(settings, config_args, http, sockets)
+    finally:
+        sockets.close()
+
+
+async def _run_embedded(
+    settings: Settings, config_args: list[str], http: bool, sockets: WorkerSockets
+) -> int:
+    workers, functions = [], []
     for fn in settings.functions:
         port = local_port(fn.workers[0]) if fn.workers else None
         if port is not None:
-            argv = Supervisor.command(fn.name, port, config_args)
+            argv = Supervisor.command(fn.name, port, config_args, sockets.path(port))
             workers.append(WorkerProcess(name=fn.name, port=port, argv=argv))
-    folders = Folders(settings, config_args) if settings.functions_dirs else None
+            fn = sockets.routed(fn, port)
+        functions.append(fn)
+    settings = replace(settings, functions=tuple(functions))
+    folders = Folders(settings, config_args, sockets) if settings.functions_dirs else None
     if folders is not None:
         # The folders as they are now, started with the others before any gRPC object.
         configs, folder_workers = folders.initial()
@@ -309,7 +329,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_level, settings.log_format, args.role or "embedded")
     tracing.configure(tracing.service_name(args.role, getattr(args, "function", "")))
     if args.role == "worker":
-        return asyncio.run(run_worker(settings, args.function, args.port, args.exit_with_parent))
+        return asyncio.run(
+            run_worker(settings, args.function, args.port, args.exit_with_parent, args.socket)
+        )
     if args.role == "gateway":
         registry = RegistryFile(registry_path(args), lambda: settings_from(args))
         return asyncio.run(run_gateway(settings, follow=registry.serve))

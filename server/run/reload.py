@@ -36,6 +36,7 @@ from server.gateway.routing import Route
 from server.repository.watch import Change, Repository
 from server.rpc.address import join
 from server.run.live import Live
+from server.run.sockets import WorkerSockets
 from server.run.supervisor import Supervisor, WorkerProcess
 
 log = logging.getLogger("server")
@@ -72,9 +73,12 @@ def without_function(settings: Settings, name: str) -> Settings:
 class Folders:
     """The function folders of the embedded default, from start-up to shutdown."""
 
-    def __init__(self, settings: Settings, config_args: list[str]) -> None:
+    def __init__(
+        self, settings: Settings, config_args: list[str], sockets: WorkerSockets | None = None
+    ) -> None:
         self._repository = Repository(settings.functions_dirs, settings.functions)
         self._host = "127.0.0.1"
+        self._sockets = sockets or WorkerSockets(enabled=False)
         self._args = [
             *config_args,
             *(a for d in settings.functions_dirs for a in ("--functions", d)),
@@ -105,8 +109,8 @@ class Folders:
     def _worker_for(self, config: FunctionConfig) -> tuple[FunctionConfig, WorkerProcess]:
         port = free_port(self._host)
         fn = replace(config, workers=(join(self._host, port),))
-        argv = Supervisor.command(fn.name, port, self._args)
-        return fn, WorkerProcess(fn.name, port, argv, on_trial=True)
+        argv = Supervisor.command(fn.name, port, self._args, self._sockets.path(port))
+        return self._sockets.routed(fn, port), WorkerProcess(fn.name, port, argv, on_trial=True)
 
     async def serve(self, live: Live, stop: asyncio.Event, supervisor: Supervisor) -> None:
         """Confirm the start-up versions, then follow the folders until ``stop``."""

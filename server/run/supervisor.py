@@ -68,7 +68,8 @@ class Supervisor:
         self._stopping = False
 
     @staticmethod
-    def command(name: str, port: int, config_args: list[str]) -> list[str]:
+    def command(name: str, port: int, config_args: list[str], socket: str = "") -> list[str]:
+        """The worker's command line; ``socket``: a Unix socket it listens on as well."""
         return [
             sys.executable,
             "-m",
@@ -77,6 +78,7 @@ class Supervisor:
             name,
             "--port",
             str(port),
+            *(("--socket", socket) if socket else ()),
             "--exit-with-parent",
             *config_args,
         ]

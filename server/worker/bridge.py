@@ -18,11 +18,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import AsyncGenerator, Coroutine, Iterator
+from collections.abc import AsyncGenerator, Coroutine, Iterable, Iterator
 from typing import Any
 
 from handlers.base import Function, Params, Request
 from handlers.errors import Cancelled
+from server.rpc.framing import output_too_large
 
 _END = object()
 
@@ -150,3 +151,50 @@ class HandlerRun:
         finally:
             with self._lock:
                 self._pending = None
+
+
+def answer_whole(
+    function: Function,
+    name: str,
+    params: Params,
+    data: bytes,
+    limit: int,
+    stopped: threading.Event,
+) -> tuple[str, bytes]:
+    """The handler's whole answer to an input that came whole (the worker's Invoke):
+    (content type, body), partial results collected into one document.
+
+    It runs on the handler's thread from start to end, with no queue between it and
+    the loop: one hand-off per call, where ``HandlerRun`` costs one per message.
+    The answer is held whole, so it is bounded: past ``limit`` bytes it raises
+    TooLarge. ``stopped`` set (the call ended early) makes the next part raise
+    Cancelled; the parts generator is closed either way, so the handler's
+    ``finally`` blocks run.
+    """
+    reply = function.handle(Request(params=params, chunks=iter((data,) if data else ())))
+    parts = _bounded(reply.parts, name, limit, stopped)
+    try:
+        if reply.partial_results:
+            document = function.collect(parts)
+            if len(document) > limit:
+                raise output_too_large(name, limit)
+            return "application/json", document
+        return reply.content_type, b"".join(parts)
+    finally:
+        close = getattr(reply.parts, "close", None)
+        if close is not None:
+            close()
+
+
+def _bounded(
+    parts: Iterable[bytes], name: str, limit: int, stopped: threading.Event
+) -> Iterator[bytes]:
+    """``parts``, until their sum passes ``limit`` (TooLarge) or the call stops (Cancelled)."""
+    held = 0
+    for part in parts:
+        if stopped.is_set():
+            raise Cancelled()
+        held += len(part)
+        if held > limit:
+            raise output_too_large(name, limit)
+        yield part

@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import importlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import grpc
 
 from handlers.base import Function, Params
+from handlers.errors import InvalidInput
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from server.admission import Admission
 from server.config import FunctionConfig, Settings
@@ -38,7 +40,7 @@ from server.rpc import framing as stream
 from server.rpc import status as errors
 from server.rpc.callinfo import loggable, request_id_of
 from server.telemetry import logs, tracing
-from server.worker.bridge import HandlerRun, Header
+from server.worker.bridge import HandlerRun, Header, answer_whole
 from server.worker.metrics import CallWatch, WorkerMetrics
 from server.worker.received import Received
 
@@ -70,8 +72,12 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
         chunk_bytes: int,
         concurrency: int,
         spool_dir: str = "",
+        max_answer_bytes: int = 64 << 20,
     ) -> None:
+        """``max_answer_bytes``: the most an Invoke's answer may hold (the gateway's
+        ``max_invoke_bytes``); Call streams any size."""
         self._config = config
+        self._max_answer_bytes = max_answer_bytes
         self._function = function
         self._chunk_bytes = chunk_bytes
         queue = config.queue_size or concurrency
@@ -113,42 +119,80 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
         request_iterator: AsyncIterator[dcf_pb2.CallRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[dcf_pb2.CallResponse]:
+        received: Received | None = None
+        with self._watched(context) as (ended, watch):
+            try:
+                try:
+                    header = await stream.read_header(request_iterator)
+                    params = self._params(header.function, header.params)
+                    if self._uploads is not None:
+                        received = await self._receive(request_iterator, context, watch)
+                        ended.bytes_in = received.size
+                    watch.waited("slot", await self._admission.acquire(context.time_remaining()))
+                except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
+                    ended.outcome, ended.error = errors.code_of(exc).name, exc
+                    async for response in errors.fail_stream(context, exc, received is None):
+                        yield response
+                    return
+                try:
+                    async for response in self._run(
+                        params, header.collect, request_iterator, context, received, ended, watch
+                    ):
+                        yield response
+                finally:
+                    self._admission.release()
+            finally:
+                if received is not None:
+                    received.close()
+
+    async def Invoke(
+        self, request: dcf_pb2.InvokeRequest, context: grpc.aio.ServicerContext
+    ) -> dcf_pb2.InvokeResponse:
+        """A call whose whole input came in one message (the gateway sends one that fits
+        in a chunk this way): one hand-off to a handler thread, one message back."""
+        with self._watched(context) as (ended, watch):
+            try:
+                params = self._params(request.function, request.params)
+                data = stream.InputLimit(self._config.name, self._config.max_input_bytes).count(
+                    request.input
+                )
+                ended.bytes_in = len(data)
+                watch.waited("slot", await self._admission.acquire(context.time_remaining()))
+                content_type, output = await self._answer(params, data, watch)
+            except Exception as exc:
+                ended.outcome, ended.error = errors.code_of(exc).name, exc
+                await errors.abort(context, exc)
+                raise  # unreachable: abort raises
+            ended.outcome, ended.bytes_out = "OK", len(output)
+            return dcf_pb2.InvokeResponse(output=output, content_type=content_type)
+
+    def _params(self, function: str, given: Mapping[str, str]) -> Params:
+        """The call's params, once the call is known to be for this worker's function
+        and its params are ones the function takes, with values it accepts."""
+        name = self._config.name
+        if not function:
+            raise InvalidInput("the request names no function")
+        if function not in (name, *self._config.aliases):
+            raise errors.CallError(
+                grpc.StatusCode.NOT_FOUND, f"this worker serves {name}, not {loggable(function)}"
+            )
+        params = stream.check_params(name, given, self._function.params)
+        self._function.check(params)
+        return params
+
+    @contextlib.contextmanager
+    def _watched(self, context: grpc.aio.ServicerContext) -> Iterator[tuple[_Ended, CallWatch]]:
+        """One call's span, metrics and log line, whichever method serves it."""
         name = self._config.name
         started = time.monotonic()
         ended = _Ended()
-        received: Received | None = None
         request_id = request_id_of(context.invocation_metadata())
         watch = self.metrics.call(
             tracing.server_span(f"worker {name}", context.invocation_metadata(), request_id)
         )
         try:
-            try:
-                header = await stream.read_header(request_iterator)
-                if header.function not in (name, *self._config.aliases):
-                    raise errors.CallError(
-                        grpc.StatusCode.NOT_FOUND,
-                        f"this worker serves {name}, not {loggable(header.function)}",
-                    )
-                params = stream.check_params(name, header.params, self._function.params)
-                self._function.check(params)
-                if self._uploads is not None:
-                    received = await self._receive(request_iterator, context, watch)
-                watch.waited("slot", await self._admission.acquire(context.time_remaining()))
-            except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
-                ended.outcome, ended.error = errors.code_of(exc).name, exc
-                async for response in errors.fail_stream(context, exc, received is None):
-                    yield response
-                return
-            try:
-                async for response in self._run(
-                    params, header.collect, request_iterator, context, received, ended, watch
-                ):
-                    yield response
-            finally:
-                self._admission.release()
+            yield ended, watch
         finally:
-            if received is not None:
-                received.close()
             give_back_after(context, ended.bytes_out)
             watch.ended(ended.outcome, ended.error)
             seconds = time.monotonic() - started
@@ -163,11 +207,31 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
                     function=name,
                     status=ended.outcome,
                     seconds=seconds,
-                    bytes_in=received.size if received is not None else None,
+                    bytes_in=ended.bytes_in,
                     bytes_out=ended.bytes_out,
                     trace_id=watch.span.trace_id,
                 ),
             )
+
+    async def _answer(self, params: Params, data: bytes, watch: CallWatch) -> tuple[str, bytes]:
+        """The handler's whole answer to ``data``, on a handler thread; the call holds a
+        slot, which is given back when the thread is done with it, not before."""
+        loop = asyncio.get_running_loop()
+        stopped = threading.Event()
+        work = self._executor.submit(
+            watch.running(answer_whole),
+            self._function,
+            self._config.name,
+            params,
+            data,
+            self._max_answer_bytes,
+            stopped,
+        )
+        work.add_done_callback(lambda _: _call_soon(loop, self._admission.release))
+        try:
+            return await asyncio.wrap_future(work)
+        finally:
+            stopped.set()  # a call that ended early stops its handler at its next part
 
     async def _receive(
         self,
@@ -280,8 +344,16 @@ class _Ended:
     """How a call ended, for its log line: CANCELLED unless something else is known."""
 
     outcome: str = "CANCELLED"
+    bytes_in: int | None = None  # known when the input was received whole
     bytes_out: int = 0
     error: BaseException | None = None
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """``callback`` on ``loop`` from any thread; nothing once the loop is closed (the
+    worker is stopping, and nobody waits for a slot any more)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback)
 
 
 def _log_thread_error(future: asyncio.Future[None]) -> None:
@@ -295,6 +367,11 @@ def worker_servicer(settings: Settings, name: str) -> tuple[WorkerServicer, Func
     function = load_function(config)
     concurrency = config.max_concurrency or DEFAULT_CONCURRENCY
     servicer = WorkerServicer(
-        config, function, settings.chunk_bytes, concurrency, settings.spool_dir
+        config,
+        function,
+        settings.chunk_bytes,
+        concurrency,
+        settings.spool_dir,
+        settings.max_invoke_bytes,
     )
     return servicer, config

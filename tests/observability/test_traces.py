@@ -142,7 +142,12 @@ def test_an_ssd_call_over_http_is_one_trace_across_the_processes_with_its_steps(
         assert span.attributes["dcf.request_id"] == "traced-1", span.name
     assert call.attributes["dcf.function"] == "ssd" and call.attributes["dcf.status"] == "OK"
     assert relay.attributes["dcf.attempt"] == 1 and relay.attributes["dcf.retry"] is False
-    assert relay.attributes["server.address"] == worker_address(service, "ssd")
+    # The embedded default reaches its local worker over its Unix socket.
+    port = worker_address(service, "ssd").rpartition(":")[2]
+    socket = re.search(rf"and unix:(\S+/{port}\.sock)", service.log.read_text())
+    assert socket is not None, "the ssd worker listens on no socket"
+    assert relay.attributes["server.address"] == socket.group(1)
+    assert relay.attributes["network.transport"] == "unix"
     assert worker.attributes["dcf.status"] == "OK"
     assert trace["upload"].attributes["dcf.bytes"] == len(photo())
 

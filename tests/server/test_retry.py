@@ -59,8 +59,17 @@ class StandIn:
             request_deserializer=dcf_pb2.CallRequest.FromString,
             response_serializer=dcf_pb2.CallResponse.SerializeToString,
         )
+        invoke = grpc.unary_unary_rpc_method_handler(
+            self._invoke,
+            request_deserializer=dcf_pb2.InvokeRequest.FromString,
+            response_serializer=dcf_pb2.InvokeResponse.SerializeToString,
+        )
         self.server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler("dcf.v1.Worker", {"Call": handler})]
+            [
+                grpc.method_handlers_generic_handler(
+                    "dcf.v1.Worker", {"Call": handler, "Invoke": invoke}
+                )
+            ]
         )
         checks = health.HealthServicer()
         for service in ("", "dcf.v1.Worker"):
@@ -81,6 +90,13 @@ class StandIn:
                         pass
         context.abort(grpc.StatusCode.UNAVAILABLE, f"stand-in fails {fault}")
         yield  # a generator, as stream handlers are
+
+    def _invoke(self, request: dcf_pb2.InvokeRequest, context: grpc.ServicerContext):
+        """Worker.Invoke, which the gateway uses for a whole input of one chunk: it fails
+        once the request has been read, as a worker that dies mid-call would."""
+        with self._lock:
+            self.calls["invoke"] += 1
+        context.abort(grpc.StatusCode.UNAVAILABLE, "stand-in fails invoke")
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +168,44 @@ def test_every_answer_is_the_whole_echo_or_a_failure(replicas, fault):
     assert succeeded >= len(replayable) * CALLS_PER_INPUT // 2, outcomes
     assert {code for _, code in outcomes} <= {"OK", "UNAVAILABLE"}, outcomes
     assert "retrying once" in gateway_log.read_text()
+
+
+def test_every_invoke_is_the_whole_echo_or_a_failure(replicas):
+    """Through the gateway's Invoke: one chunk or less goes as Worker.Invoke, more is
+    streamed (and fails at the stand-in's current fault); the same promise either way."""
+    address, stand_in, _ = replicas
+    stand_in.fault = "after one chunk"
+    before = stand_in.calls["invoke"]
+    inputs = {
+        "0 B": b"",
+        "1 B": b"\x00",
+        "64 KiB": os.urandom(64 * KiB),
+        "one whole chunk": os.urandom(1024 * KiB),
+        "past the limit": os.urandom(2048 * KiB + 1),
+    }
+    outcomes: Counter[tuple[str, str]] = Counter()
+    wrong: list[str] = []
+    with grpc.insecure_channel(address) as channel:
+        stub = dcf_pb2_grpc.GatewayStub(channel)
+
+        def invoke(data: bytes) -> tuple[str, bytes]:
+            request = dcf_pb2.InvokeRequest(function="hello-dcf", input=data)
+            try:
+                return "OK", stub.Invoke(request, timeout=30).output
+            except grpc.RpcError as exc:
+                return exc.code().name, b""
+
+        jobs = [name for name in inputs for _ in range(CALLS_PER_INPUT)]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+            for name, (code, body) in zip(
+                jobs, pool.map(lambda n: invoke(inputs[n]), jobs), strict=True
+            ):
+                outcomes[name, code] += 1
+                if code == "OK" and body != inputs[name]:
+                    wrong.append(f"{name}: OK with {len(body)} of {len(inputs[name])} bytes")
+    print(f"\ninvoke: {dict(outcomes)}; stand-in failed {stand_in.calls['invoke'] - before}")
+    assert not wrong, wrong
+    assert stand_in.calls["invoke"] - before >= 10, "Worker.Invoke was hardly called"
+    whole = [name for name in inputs if name != "past the limit"]
+    assert sum(outcomes[name, "OK"] for name in whole) >= len(whole) * CALLS_PER_INPUT // 2
+    assert {code for _, code in outcomes} <= {"OK", "UNAVAILABLE"}, outcomes

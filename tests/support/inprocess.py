@@ -135,7 +135,12 @@ async def worker_host(settings: Settings, config: FunctionConfig) -> AsyncIterat
     """The worker of ``config`` on a free port, as ``python -m server worker`` serves it."""
     concurrency = config.max_concurrency or DEFAULT_CONCURRENCY
     servicer = WorkerServicer(
-        config, load_function(config), settings.chunk_bytes, concurrency, settings.spool_dir
+        config,
+        load_function(config),
+        settings.chunk_bytes,
+        concurrency,
+        settings.spool_dir,
+        settings.max_invoke_bytes,
     )
     try:
         async with serve(
@@ -146,6 +151,7 @@ async def worker_host(settings: Settings, config: FunctionConfig) -> AsyncIterat
             settings.chunk_bytes + MESSAGE_SLACK,
             settings.grace_seconds,
             in_flight=lambda: servicer.in_flight,
+            max_send_bytes=settings.max_invoke_bytes + MESSAGE_SLACK,
         ) as served:
             yield WorkerHost(config, servicer, served.port)
     finally:
