@@ -9,14 +9,15 @@ A call's way, and the folder of each step:
                gateway/ (dcf.v1)                                         parts out)
 
 - ``rpc/``: what every gRPC role shares: starting a server, TLS and tokens, the
-  Call stream's framing, errors to statuses, addresses and request ids.
+  Call stream's framing, errors to statuses, addresses and request ids, and
+  reading an encoded message's fields without decoding its payload (``wire``).
 - ``repository/``: function folders (``function.yaml`` and a handler file): reading
   and loading them, the scaffold, watching them while serving, and ``ship``.
 - ``telemetry/``: what every role reports beside its answers: traces
   (OpenTelemetry, when configured), the JSON log format, and the embedded gateway's
   relay of its local workers' metrics. Imports only the top level.
 - ``run/``: the composition root: the command line, ``main``, the supervisor of
-  local workers, live reloads, and the container probe.
+  local workers and their Unix sockets, live reloads, and the container probe.
 - At the top: ``config.py`` (Settings and the function registry, functions.yaml),
   ``admission.py`` (the bounded queue the gateway and workers both use),
   ``memory.py`` (giving memory back after large calls), and ``testing.py``, the

@@ -15,7 +15,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 
 import grpc
 
@@ -32,6 +33,7 @@ from server.gateway.upstream import UpstreamReader
 from server.memory import give_back_after
 from server.rpc import framing as stream
 from server.rpc import status as errors
+from server.rpc import wire
 from server.rpc.callinfo import REQUEST_ID, loggable, request_id_of
 from server.rpc.server import decode
 from server.telemetry import logs, tracing
@@ -43,6 +45,9 @@ DEFAULT_REPLAY_BYTES = 1 << 20
 STARTING_POLL_SECONDS = 0.25
 # The fronts' names in traces (server/telemetry/tracing.py), rpc.service/rpc.method.
 CALL_SPAN = "dcf.v1.Gateway/Call"
+# The fields of InvokeRequest.input and InvokeResponse.output (protos/dcf/v1/dcf.proto).
+INPUT_FIELD = dcf_pb2.InvokeRequest.DESCRIPTOR.fields_by_name["input"].number
+OUTPUT_FIELD = dcf_pb2.InvokeResponse.DESCRIPTOR.fields_by_name["output"].number
 INVOKE_SPAN = "dcf.v1.Gateway/Invoke"
 
 
@@ -60,6 +65,26 @@ class Deadline:
 
     def left(self) -> float:
         return max(0.0, self._end - time.monotonic())
+
+
+@dataclass(frozen=True)
+class Whole:
+    """A unary call's input, arrived whole: its bytes, and the caller's InvokeRequest
+    as it came (``encoded``) when a worker may take that as it is, undecoded."""
+
+    data: bytes | memoryview
+    encoded: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A worker's InvokeResponse as it came, passed on undecoded; ``size``: its output's."""
+
+    raw: bytes
+    size: int
+
+
+Response = dcf_pb2.CallResponse | Encoded
 
 
 class Gateway:
@@ -152,13 +177,14 @@ class Gateway:
     async def call(
         self,
         header: dcf_pb2.CallHeader,
-        chunks: AsyncIterator[bytes] | bytes,
+        chunks: AsyncIterator[bytes] | Whole,
         context: grpc.aio.ServicerContext,
         front: str = CALL_SPAN,
-    ) -> AsyncIterator[dcf_pb2.CallResponse]:
+    ) -> AsyncGenerator[Response, None]:
         """One call, whatever the front: resolve, admit, relay, and account for it.
 
-        ``chunks``: the input as it arrives, or whole (the unary fronts' bytes).
+        ``chunks``: the input as it arrives, or ``Whole`` (the unary fronts'); a whole
+        input may be answered ``Encoded``, in one piece.
         The caller gets a request id in its trailing metadata (its own
         ``x-request-id`` if it sent one), whatever the outcome; the worker gets the
         same id. Trailing, because forcing initial metadata out costs a round of its
@@ -180,18 +206,19 @@ class Gateway:
             deadline = Deadline(context, self.settings.call_seconds(fn))
             with self.routes.lease(fn.name) as route:
                 async with self.admit(fn, deadline):
-                    if isinstance(chunks, bytes):
-                        counted: AsyncIterator[bytes] | bytes = stream.InputLimit(
-                            fn.name, fn.max_input_bytes
-                        ).count(chunks)
-                        sizes[0] = len(chunks)
+                    if isinstance(chunks, Whole):
+                        stream.InputLimit(fn.name, fn.max_input_bytes).count(
+                            memoryview(chunks.data)
+                        )
+                        sizes[0] = len(chunks.data)
+                        counted: AsyncIterator[bytes] | Whole = chunks
                     else:
                         counted = self._counted(chunks, fn, sizes)
-                    async for response in self.relay(
-                        fn, header, counted, deadline, request_id, route, trace
-                    ):
-                        sizes[1] += len(response.chunk) + len(response.result)
-                        yield response
+                    relayed = self.relay(fn, header, counted, deadline, request_id, route, trace)
+                    async with contextlib.aclosing(relayed):
+                        async for response in relayed:
+                            sizes[1] += _size_of(response)
+                            yield response
         except BaseException as exc:
             code = errors.code_of(exc).name
             raise
@@ -274,25 +301,70 @@ class Gateway:
         fronts (dcf.v1 Invoke, Open Inference's ModelInfer) need. ``front``: the
         call's span name.
         """
+        answer = await self._answer(name, Whole(data), params, context, front)
+        if isinstance(answer, Encoded):
+            reply = dcf_pb2.InvokeResponse.FromString(answer.raw)
+            return reply.content_type, reply.output
+        return answer
+
+    async def invoke_encoded(
+        self, raw: bytes, context: grpc.aio.ServicerContext, front: str = INVOKE_SPAN
+    ) -> bytes:
+        """dcf.v1 Invoke's answer to the InvokeRequest ``raw``, encoded: its payload is
+        never decoded here. A worker that takes the request as it came gets it so, and
+        its answer comes back as it was sent (server/rpc/wire.py); otherwise the
+        request is decoded and the answer encoded, as ``invoke`` does."""
+        try:
+            data, rest = wire.without(raw, INPUT_FIELD)
+        except wire.WireError:
+            decode(dcf_pb2.InvokeRequest, raw)  # says what protobuf finds wrong
+            raise
+        head = decode(dcf_pb2.InvokeRequest, rest)
+        answer = await self._answer(head.function, Whole(data, raw), head.params, context, front)
+        if isinstance(answer, Encoded):
+            return answer.raw
+        content_type, output = answer
+        return dcf_pb2.InvokeResponse(output=output, content_type=content_type).SerializeToString()
+
+    async def _answer(
+        self,
+        name: str,
+        whole: Whole,
+        params: Mapping[str, str],
+        context: grpc.aio.ServicerContext,
+        front: str,
+    ) -> tuple[str, bytes] | Encoded:
+        """The whole answer of ``name`` to ``whole``: (content type, body), or as the
+        worker encoded it; held against the unary budget, and bounded."""
         header = dcf_pb2.CallHeader(function=name, collect=True)
         header.params.update(params)
         limit = self.settings.max_invoke_bytes
         content_type = ""
         body: list[bytes] = []
+        encoded: Encoded | None = None
         held = 0
         try:
-            async for response in self.call(header, bytes(data), context, front):
-                kind = response.WhichOneof("kind")
-                if kind == "header":
-                    content_type = response.header.content_type
-                    continue
-                piece = response.chunk if kind == "chunk" else response.result
-                if held + len(piece) > limit:
-                    raise stream.output_too_large(name, limit)
-                self._unary.grow(len(piece))
-                held += len(piece)
-                body.append(piece)
-            return content_type, b"".join(body)
+            # Read to its end, so that the call is accounted for (its status, its log
+            # line) before its answer goes out; an answer over the limit is thrown
+            # into it, so that it ends with that status rather than as cancelled.
+            async with contextlib.aclosing(self.call(header, whole, context, front)) as answer:
+                async for response in answer:
+                    if held + _size_of(response) > limit:
+                        await answer.athrow(stream.output_too_large(name, limit))
+                    if isinstance(response, Encoded):
+                        encoded = response
+                        self._unary.grow(len(response.raw))
+                        held += len(response.raw)
+                        continue
+                    kind = response.WhichOneof("kind")
+                    if kind == "header":
+                        content_type = response.header.content_type
+                        continue
+                    piece = response.chunk if kind == "chunk" else response.result
+                    self._unary.grow(len(piece))
+                    held += len(piece)
+                    body.append(piece)
+            return encoded if encoded is not None else (content_type, b"".join(body))
         finally:
             self._unary.give(held)
             give_back_after(context, held)
@@ -319,12 +391,12 @@ class Gateway:
         self,
         fn: FunctionConfig,
         header: dcf_pb2.CallHeader,
-        chunks: AsyncIterator[bytes] | bytes,
+        chunks: AsyncIterator[bytes] | Whole,
         deadline: Deadline,
         request_id: str = "",
         route: Route | None = None,
         trace: tracing.Span = tracing.NOOP,
-    ) -> AsyncIterator[dcf_pb2.CallResponse]:
+    ) -> AsyncGenerator[Response, None]:
         """Send ``chunks`` (or the whole input) to a worker of ``fn``; yield its responses.
 
         A worker that is unavailable before it answers anything gets the call once
@@ -339,10 +411,10 @@ class Gateway:
                 grpc.StatusCode.UNAVAILABLE, f"{fn.name}: no worker is configured"
             )
         whole, replay = None, None
-        if isinstance(chunks, bytes) and self._fits_one_message(header, chunks):
+        if isinstance(chunks, Whole) and self._fits_one_message(header, chunks.data):
             whole = chunks
-        elif isinstance(chunks, bytes):
-            pieces = _aiter(stream.split(chunks, self.settings.chunk_bytes))
+        elif isinstance(chunks, Whole):
+            pieces = _aiter(stream.split(chunks.data, self.settings.chunk_bytes))
             replay = ReplayableInput(pieces, self.replay_bytes)
         else:
             replay = ReplayableInput(chunks, self.replay_bytes)
@@ -385,7 +457,7 @@ class Gateway:
             if replay is not None:
                 replay.close()
 
-    def _fits_one_message(self, header: dcf_pb2.CallHeader, whole: bytes) -> bool:
+    def _fits_one_message(self, header: dcf_pb2.CallHeader, whole: bytes | memoryview) -> bool:
         """Whether a whole input goes to the worker as one Invoke: one that fits in a
         chunk (what a worker takes in one message), for a call that wants its answer
         collected (what Invoke answers)."""
@@ -396,37 +468,39 @@ class Gateway:
         route: Route,
         fn: FunctionConfig,
         header: dcf_pb2.CallHeader,
-        whole: bytes,
+        whole: Whole,
         deadline: Deadline,
         request_id: str,
         trace_headers: list[tuple[str, str]],
-    ) -> AsyncIterator[dcf_pb2.CallResponse]:
-        """One Worker.Invoke, its answer yielded as a Call's would be (header, chunk).
+    ) -> AsyncIterator[Response]:
+        """One Worker.Invoke; its answer is yielded ``Encoded``, as the worker sent it.
 
         A stream costs the worker a hand-off between its loop and the handler's thread
         per message, and both hops several rounds through gRPC's core; one message
-        each way is what a small call needs. A worker that predates Worker.Invoke
+        each way is what a small call needs. The caller's own InvokeRequest goes as it
+        came, when there is one. A worker that predates Worker.Invoke
         (UNIMPLEMENTED, during a rolling upgrade) gets this call and the rest of its
         route's calls streamed.
         """
         if route.whole_calls:
-            request = dcf_pb2.InvokeRequest(function=fn.name, input=whole, params=header.params)
+            request = whole.encoded
+            if request is None:
+                request = dcf_pb2.InvokeRequest(
+                    function=fn.name, input=bytes(whole.data), params=header.params
+                ).SerializeToString()
             metadata = ((REQUEST_ID, request_id), *self._door, *trace_headers)
-            call = route.stub.Invoke(request, timeout=deadline.left(), metadata=metadata)
+            call = route.invoke(request, timeout=deadline.left(), metadata=metadata)
             try:
-                reply = await call
+                raw = await call
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
                     raise self._worker_error(fn, await errors.upstream_error(call, exc)) from None
                 log.warning("%s: workers predate Worker.Invoke; streaming calls", fn.name)
                 route.whole_calls = False
             else:
-                yield dcf_pb2.CallResponse(
-                    header=dcf_pb2.ResponseHeader(content_type=reply.content_type)
-                )
-                yield dcf_pb2.CallResponse(chunk=reply.output)
+                yield Encoded(raw, wire.length_of(raw, OUTPUT_FIELD))
                 return
-        replay = ReplayableInput(_aiter([whole]), len(whole))
+        replay = ReplayableInput(_aiter([whole.data]), len(whole.data))
         try:
             async for response in self._attempt(
                 route.stub, fn, header, replay, deadline, request_id, trace_headers
@@ -552,6 +626,7 @@ class GatewayServicer(dcf_pb2_grpc.GatewayServicer):
             header = await stream.read_header(request_iterator)
             chunks = stream.read_chunks(request_iterator)
             async for response in self._gateway.call(header, chunks, context):
+                assert isinstance(response, dcf_pb2.CallResponse)  # a stream is never Encoded
                 yield response
         except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
             failure = exc
@@ -563,14 +638,11 @@ class GatewayServicer(dcf_pb2_grpc.GatewayServicer):
             async for response in errors.fail_stream(context, failure, input_pending):
                 yield response
 
-    async def Invoke(self, raw: bytes, context: grpc.aio.ServicerContext) -> dcf_pb2.InvokeResponse:
+    async def Invoke(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """Answers an encoded InvokeResponse (server/rpc/server.py sends bytes as they are)."""
         try:
             with self._gateway.unary_request(raw, context):
-                request = decode(dcf_pb2.InvokeRequest, raw)
-                content_type, output = await self._gateway.invoke(
-                    request.function, request.input, request.params, context
-                )
-                return dcf_pb2.InvokeResponse(output=output, content_type=content_type)
+                return await self._gateway.invoke_encoded(raw, context)
         except Exception as exc:  # any error: mapped to a status in one place
             await errors.abort(context, exc)
             raise  # unreachable: abort raises
@@ -637,6 +709,13 @@ def _attempt_span(
         else {"server.address": ",".join(route.workers)}
     )
     return trace.child(f"relay {fn.name}", "client", attempt=attempt, retry=attempt > 1, **where)
+
+
+def _size_of(response: Response) -> int:
+    """The output bytes a response carries."""
+    if isinstance(response, Encoded):
+        return response.size
+    return len(response.chunk) + len(response.result)
 
 
 def _waiting_in(admission: Admission) -> Callable[[], float]:

@@ -56,6 +56,8 @@ def channel_target(addresses: Iterable[str]) -> str:
     return f"ipv{versions.pop()}:{','.join(addresses)}"
 
 
+WORKER_INVOKE = "/dcf.v1.Worker/Invoke"
+
 # round_robin over every address, leaving out workers whose health check fails.
 SERVICE_CONFIG = json.dumps(
     {
@@ -76,6 +78,8 @@ class Route:
         self.workers = workers
         self.channel = channel
         self.stub = dcf_pb2_grpc.WorkerStub(channel)
+        # Worker.Invoke with its messages left encoded: bytes in, bytes out.
+        self.invoke: grpc.aio.UnaryUnaryMultiCallable = channel.unary_unary(WORKER_INVOKE)
         self.target = target
         self.leases = 0
         self.retired = False

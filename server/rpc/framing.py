@@ -8,6 +8,7 @@ the moment it is crossed, without reading the rest).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import TypeVar
 
 import grpc
 
@@ -42,13 +43,16 @@ async def read_chunks(requests: AsyncIterator[dcf_pb2.CallRequest]) -> AsyncIter
         yield request.chunk
 
 
+Chunk = TypeVar("Chunk", bytes, memoryview)
+
+
 class InputLimit:
     """A function's input size limit, counted chunk by chunk as the input arrives."""
 
     def __init__(self, function: str, max_bytes: int) -> None:
         self.function, self.max_bytes, self.total = function, max_bytes, 0
 
-    def count(self, chunk: bytes) -> bytes:
+    def count(self, chunk: Chunk) -> Chunk:
         """``chunk``, or TooLarge the moment the input passes ``max_bytes`` (0: no limit)."""
         self.total += len(chunk)
         if self.max_bytes and self.total > self.max_bytes:

@@ -87,12 +87,18 @@ def _refusing_malformed(
     return unary
 
 
+def _encoded(response: Any) -> bytes:
+    """A response's bytes: a message encoded, or bytes a servicer passes on as they came."""
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
 def servicer_adder(servicer: object, service: ServiceDescriptor) -> Adder:
     """Registers ``servicer``'s methods for ``service``, malformed requests refused as
     INVALID_ARGUMENT (the generated ``add_..._to_server`` would let them be UNKNOWN).
 
     Methods the servicer names in ``RAW_REQUESTS`` get the request's bytes undecoded,
-    to weigh a large message before paying for its decoded copy.
+    to weigh a large message before paying for its decoded copy; any method may
+    answer bytes, an encoded response passed on as it is.
     """
     raw: frozenset[str] = getattr(servicer, "RAW_REQUESTS", frozenset())
     makers = {
@@ -104,7 +110,6 @@ def servicer_adder(servicer: object, service: ServiceDescriptor) -> Adder:
     handlers = {}
     for method in service.methods:
         request = message_factory.GetMessageClass(method.input_type)
-        response = message_factory.GetMessageClass(method.output_type)
         behaviour = getattr(servicer, method.name)
         deserializer = None
         if method.name not in raw:
@@ -114,7 +119,7 @@ def servicer_adder(servicer: object, service: ServiceDescriptor) -> Adder:
         handlers[method.name] = makers[method.client_streaming, method.server_streaming](
             behaviour,
             request_deserializer=deserializer,
-            response_serializer=response.SerializeToString,
+            response_serializer=_encoded,
         )
     generic = grpc.method_handlers_generic_handler(service.full_name, handlers)
 

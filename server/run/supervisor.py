@@ -100,6 +100,10 @@ class Supervisor:
                 continue
             if worker.process is not None and worker.process.returncode is None:
                 return True
+            if worker.process is not None and worker.restart_at is None and not worker.on_trial:
+                # It has just exited, and its restart is not scheduled yet: a gateway that
+                # saw its calls fail may ask in the same moment. It is being restarted.
+                return True
             if worker.restart_at is not None and worker.restart_at - now <= RESTART_SOON_SECONDS:
                 return True
         return False

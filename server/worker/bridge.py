@@ -10,6 +10,10 @@ When the call ends early (the caller went away, a deadline passed, the input bro
 a limit), ``abort`` wakes the handler thread: its next read of input or write of a
 part raises ``handlers.base.Cancelled``, and the parts generator is closed so the
 handler's ``finally`` blocks run (temporary files removed, interpreters returned).
+
+A call whose input came whole in one message (Worker.Invoke) needs none of that:
+``answer_whole`` runs the handler to its end on the thread and hands back the
+answer once, which is what a small call can afford.
 """
 
 from __future__ import annotations

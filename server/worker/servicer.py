@@ -1,9 +1,11 @@
 """The worker host: serves one function's handler over dcf.v1.Worker.
 
-The servicer is an adapter. It reads the header, checks params, and starts a
-``HandlerRun`` on the worker's thread pool; then it feeds the run the input chunks
-as they arrive and streams back what the handler yields. Handlers never run on the
-event loop, so health checks answer while a model computes.
+The servicer is an adapter. For Call it reads the header, checks params, and starts
+a ``HandlerRun`` on the worker's thread pool; then it feeds the run the input chunks
+as they arrive and streams back what the handler yields. For Invoke (the whole
+input in one message, as the gateway sends a call that fits in a chunk) it checks
+the same things and runs the handler to its end in one hand-off to a thread.
+Handlers never run on the event loop, so health checks answer while a model computes.
 
 A worker runs at most ``concurrency`` calls at once (one thread each); more wait
 their turn in a bounded queue (server/admission.py), and only a full queue refuses
