@@ -49,6 +49,9 @@ CALL_SPAN = "dcf.v1.Gateway/Call"
 INPUT_FIELD = dcf_pb2.InvokeRequest.DESCRIPTOR.fields_by_name["input"].number
 OUTPUT_FIELD = dcf_pb2.InvokeResponse.DESCRIPTOR.fields_by_name["output"].number
 INVOKE_SPAN = "dcf.v1.Gateway/Invoke"
+# What a whole call may carry beside its input to go as one Worker.Invoke: well within
+# the room a worker takes beside a chunk in one message (server/run/main.py's slack).
+HEADER_ROOM = 32 << 10
 
 
 class Deadline:
@@ -316,11 +319,11 @@ class Gateway:
         request is decoded and the answer encoded, as ``invoke`` does."""
         try:
             data, rest = wire.without(raw, INPUT_FIELD)
-        except wire.WireError:
-            decode(dcf_pb2.InvokeRequest, raw)  # says what protobuf finds wrong
-            raise
-        head = decode(dcf_pb2.InvokeRequest, rest)
-        answer = await self._answer(head.function, Whole(data, raw), head.params, context, front)
+            head, whole = decode(dcf_pb2.InvokeRequest, rest), Whole(data, raw)
+        except wire.WireError:  # framing the reader does not take (groups): decode it all
+            head = decode(dcf_pb2.InvokeRequest, raw)
+            whole = Whole(head.input)
+        answer = await self._answer(head.function, whole, head.params, context, front)
         if isinstance(answer, Encoded):
             return answer.raw
         content_type, output = answer
@@ -411,7 +414,7 @@ class Gateway:
                 grpc.StatusCode.UNAVAILABLE, f"{fn.name}: no worker is configured"
             )
         whole, replay = None, None
-        if isinstance(chunks, Whole) and self._fits_one_message(header, chunks.data):
+        if isinstance(chunks, Whole) and self._fits_one_message(header, chunks):
             whole = chunks
         elif isinstance(chunks, Whole):
             pieces = _aiter(stream.split(chunks.data, self.settings.chunk_bytes))
@@ -457,11 +460,15 @@ class Gateway:
             if replay is not None:
                 replay.close()
 
-    def _fits_one_message(self, header: dcf_pb2.CallHeader, whole: bytes | memoryview) -> bool:
-        """Whether a whole input goes to the worker as one Invoke: one that fits in a
-        chunk (what a worker takes in one message), for a call that wants its answer
-        collected (what Invoke answers)."""
-        return header.collect and len(whole) <= self.settings.chunk_bytes
+    def _fits_one_message(self, header: dcf_pb2.CallHeader, whole: Whole) -> bool:
+        """Whether a whole input goes to the worker as one Invoke: one that fits in the
+        message a worker takes (a chunk, and its params in ``HEADER_ROOM``), for a call
+        that wants its answer collected (what Invoke answers)."""
+        return (
+            header.collect
+            and len(whole.data) <= self.settings.chunk_bytes
+            and header.ByteSize() <= HEADER_ROOM
+        )
 
     async def _attempt_whole(
         self,

@@ -289,3 +289,14 @@ def outcome(future: grpc.Future) -> tuple[str, bytes]:
         return "OK", future.result().output
     except grpc.RpcError as exc:
         return exc.code().name, b""
+
+
+@pytest.mark.parametrize("size", [10, 40 << 10], ids=["small params", "params over 32 KiB"])
+def test_params_beside_a_small_input_reach_the_worker_either_way(service, size):
+    """Params that leave room in one worker message go with the input as one Invoke;
+    larger ones are streamed. The worker judges them alike."""
+    request = dcf_pb2.InvokeRequest(function="hello-dcf", input=b"x", params={"p": "v" * size})
+    with service.channel() as channel, pytest.raises(grpc.RpcError) as caught:
+        service.gateway(channel).Invoke(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "hello-dcf: unknown param p (it takes no params)"
