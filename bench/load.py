@@ -60,9 +60,16 @@ async def measure(
     )
 
 
-def invoke(channel: grpc.aio.Channel, function: str, data: bytes, params: dict | None = None):
-    """A coroutine function making one dcf.v1 Invoke through the gateway."""
-    stub = dcf_pb2_grpc.GatewayStub(channel)
+def invoke(
+    channel: grpc.aio.Channel,
+    function: str,
+    data: bytes,
+    params: dict | None = None,
+    worker: bool = False,
+):
+    """A coroutine function making one dcf.v1 Invoke, through the gateway or straight to
+    a worker (Worker.Invoke, as the gateway makes it)."""
+    stub = (dcf_pb2_grpc.WorkerStub if worker else dcf_pb2_grpc.GatewayStub)(channel)
     request = dcf_pb2.InvokeRequest(function=function, input=data, params=params or {})
 
     async def one() -> bytes:
