@@ -35,7 +35,6 @@ from server.rpc import framing as stream
 from server.rpc import status as errors
 from server.rpc import wire
 from server.rpc.callinfo import REQUEST_ID, loggable, request_id_of
-from server.rpc.server import decode
 from server.telemetry import logs, tracing
 
 log = logging.getLogger(__name__)
@@ -45,9 +44,6 @@ DEFAULT_REPLAY_BYTES = 1 << 20
 STARTING_POLL_SECONDS = 0.25
 # The fronts' names in traces (server/telemetry/tracing.py), rpc.service/rpc.method.
 CALL_SPAN = "dcf.v1.Gateway/Call"
-# The fields of InvokeRequest.input and InvokeResponse.output (protos/dcf/v1/dcf.proto).
-INPUT_FIELD = dcf_pb2.InvokeRequest.DESCRIPTOR.fields_by_name["input"].number
-OUTPUT_FIELD = dcf_pb2.InvokeResponse.DESCRIPTOR.fields_by_name["output"].number
 INVOKE_SPAN = "dcf.v1.Gateway/Invoke"
 # What a whole call may carry beside its input to go as one Worker.Invoke: well within
 # the room a worker takes beside a chunk in one message (server/run/main.py's slack).
@@ -317,17 +313,12 @@ class Gateway:
         never decoded here. A worker that takes the request as it came gets it so, and
         its answer comes back as it was sent (server/rpc/wire.py); otherwise the
         request is decoded and the answer encoded, as ``invoke`` does."""
-        try:
-            data, rest = wire.without(raw, INPUT_FIELD)
-            head, whole = decode(dcf_pb2.InvokeRequest, rest), Whole(data, raw)
-        except wire.WireError:  # framing the reader does not take (groups): decode it all
-            head = decode(dcf_pb2.InvokeRequest, raw)
-            whole = Whole(head.input)
+        head, data = stream.split_invoke(raw)
+        whole = Whole(data, raw if isinstance(data, memoryview) else None)
         answer = await self._answer(head.function, whole, head.params, context, front)
         if isinstance(answer, Encoded):
             return answer.raw
-        content_type, output = answer
-        return dcf_pb2.InvokeResponse(output=output, content_type=content_type).SerializeToString()
+        return stream.encode_answer(*answer)
 
     async def _answer(
         self,
@@ -505,7 +496,7 @@ class Gateway:
                 log.warning("%s: workers predate Worker.Invoke; streaming calls", fn.name)
                 route.whole_calls = False
             else:
-                yield Encoded(raw, wire.length_of(raw, OUTPUT_FIELD))
+                yield Encoded(raw, wire.length_of(raw, stream.INVOKE_OUTPUT))
                 return
         replay = ReplayableInput(_aiter([whole.data]), len(whole.data))
         try:

@@ -15,7 +15,8 @@ import grpc
 from handlers.base import Params
 from handlers.errors import InvalidInput, TooLarge
 from protos.dcf.v1 import dcf_pb2
-from server.rpc.server import Malformed
+from server.rpc import wire
+from server.rpc.server import Malformed, decode
 
 
 async def read_header(requests: AsyncIterator[dcf_pb2.CallRequest]) -> dcf_pb2.CallHeader:
@@ -58,6 +59,28 @@ class InputLimit:
         if self.max_bytes and self.total > self.max_bytes:
             raise TooLarge(f"{self.function}: input exceeds the limit of {self.max_bytes} bytes")
         return chunk
+
+
+# The payload fields of InvokeRequest and InvokeResponse (protos/dcf/v1/dcf.proto).
+INVOKE_INPUT = dcf_pb2.InvokeRequest.DESCRIPTOR.fields_by_name["input"].number
+INVOKE_OUTPUT = dcf_pb2.InvokeResponse.DESCRIPTOR.fields_by_name["output"].number
+
+
+def split_invoke(raw: bytes) -> tuple[dcf_pb2.InvokeRequest, bytes | memoryview]:
+    """An encoded InvokeRequest as its head (function and params, decoded) and its
+    input, uncopied (server/rpc/wire.py). InvalidInput if it is not one."""
+    try:
+        data, rest = wire.without(raw, INVOKE_INPUT)
+        return decode(dcf_pb2.InvokeRequest, rest), data
+    except wire.WireError:  # framing the reader does not take (groups): decode it all
+        request = decode(dcf_pb2.InvokeRequest, raw)
+        return request, request.input
+
+
+def encode_answer(content_type: str, output: bytes | memoryview) -> bytes:
+    """An InvokeResponse, encoded with one copy of ``output`` rather than two."""
+    rest = dcf_pb2.InvokeResponse(content_type=content_type).SerializeToString()
+    return wire.with_field(INVOKE_OUTPUT, output, rest)
 
 
 def output_too_large(function: str, limit: int) -> TooLarge:

@@ -86,3 +86,19 @@ def length_of(raw: bytes | memoryview, number: int) -> int:
         if field == number and kind == LENGTH_DELIMITED:
             length = end - begins
     return length
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def with_field(number: int, value: bytes | memoryview, rest: bytes) -> bytes:
+    """The message ``rest`` with length-delimited field ``number`` set to ``value``,
+    encoded in one copy of ``value`` (protobuf reads fields in any order)."""
+    key = _encode_varint(number << 3 | LENGTH_DELIMITED)
+    return b"".join((key, _encode_varint(len(value)), value, rest))

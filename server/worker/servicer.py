@@ -67,6 +67,8 @@ def load_function(config: FunctionConfig) -> Function:
 
 
 class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
+    RAW_REQUESTS = frozenset({"Invoke"})  # its payload is taken out undecoded
+
     def __init__(
         self,
         config: FunctionConfig,
@@ -147,17 +149,19 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
                 if received is not None:
                     received.close()
 
-    async def Invoke(
-        self, request: dcf_pb2.InvokeRequest, context: grpc.aio.ServicerContext
-    ) -> dcf_pb2.InvokeResponse:
+    async def Invoke(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """A call whose whole input came in one message (the gateway sends one that fits
-        in a chunk this way): one hand-off to a handler thread, one message back."""
+        in a chunk this way): one hand-off to a handler thread, one message back.
+
+        The request comes undecoded and the answer goes encoded (server/rpc/framing.py
+        ``split_invoke``, ``encode_answer``): a payload is copied once each way,
+        where decoding and encoding messages copies it twice."""
         with self._watched(context) as (ended, watch):
             try:
-                params = self._params(request.function, request.params)
-                data = stream.InputLimit(self._config.name, self._config.max_input_bytes).count(
-                    request.input
-                )
+                head, view = stream.split_invoke(raw)
+                params = self._params(head.function, head.params)
+                data = bytes(view)
+                stream.InputLimit(self._config.name, self._config.max_input_bytes).count(data)
                 ended.bytes_in = len(data)
                 watch.waited("slot", await self._admission.acquire(context.time_remaining()))
                 content_type, output = await self._answer(params, data, watch)
@@ -166,7 +170,7 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
                 await errors.abort(context, exc)
                 raise  # unreachable: abort raises
             ended.outcome, ended.bytes_out = "OK", len(output)
-            return dcf_pb2.InvokeResponse(output=output, content_type=content_type)
+            return stream.encode_answer(content_type, output)
 
     def _params(self, function: str, given: Mapping[str, str]) -> Params:
         """The call's params, once the call is known to be for this worker's function

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from protos.dcf.v1 import dcf_pb2
 from server.rpc import wire
+from server.rpc.framing import encode_answer
 
 names = st.text(max_size=20)
 params = st.dictionaries(st.text(max_size=10), st.text(max_size=10), max_size=4)
@@ -70,3 +71,11 @@ def test_broken_framing_is_refused(raw):
 def test_an_empty_message_has_an_empty_payload():
     value, rest = wire.without(b"", 2)
     assert (bytes(value), rest, wire.length_of(b"", 1)) == (b"", b"", 0)
+
+
+@given(content_type=names, output=st.binary(max_size=70000))
+def test_an_answer_encoded_with_one_copy_decodes_as_protobuf_encodes_it(content_type, output):
+    raw = encode_answer(content_type, output)
+    reply = dcf_pb2.InvokeResponse.FromString(raw)
+    assert (reply.content_type, reply.output) == (content_type, output)
+    assert wire.length_of(raw, 1) == len(output)
