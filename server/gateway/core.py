@@ -1,12 +1,14 @@
 """The gateway: dcf.v1.Gateway, a pass-through from callers to each function's workers.
 
 It knows functions only by their registry entries (name, aliases, limits, worker
-addresses), never by what their bytes mean. For every call it opens one streaming
-call to a worker and relays both ways at once: the caller's chunks go up as they
-arrive, the worker's answer comes down as it is produced. Nothing is buffered
-beyond what gRPC's flow control holds, so a slow reader slows the writer and a
-gigabyte passes in constant memory. Deadlines travel to the worker; a caller that
-goes away cancels the worker's call.
+addresses), never by what their bytes mean. For a streamed call it opens one
+streaming call to a worker and relays both ways at once: the caller's chunks go up
+as they arrive, the worker's answer comes down as it is produced. Nothing is
+buffered beyond what gRPC's flow control holds, so a slow reader slows the writer
+and a gigabyte passes in constant memory. A unary call small enough for one
+message goes to the worker as one Worker.Invoke instead, its bytes passed on
+undecoded where they can be. Deadlines travel to the worker; a caller that goes
+away cancels the worker's call.
 """
 
 from __future__ import annotations

@@ -76,6 +76,15 @@ def test_workers_take_no_call_without_the_internal_token(guarded):
                     call(call_requests("hello-dcf", [b"x"]), metadata=metadata, timeout=30)
                 )
             assert refused.value.code() == code
+            # Worker.Invoke, the gateway's way for a small unary call, is behind the
+            # same door.
+            with pytest.raises(grpc.RpcError) as refused:
+                dcf_pb2_grpc.WorkerStub(channel).Invoke(
+                    dcf_pb2.InvokeRequest(function="hello-dcf", input=b"x"),
+                    metadata=metadata,
+                    timeout=30,
+                )
+            assert refused.value.code() == code
     # Through the gateway, with a caller's token, the same worker answers.
     with guarded.channel() as channel:
         reply = gateway(guarded, channel).Invoke(

@@ -125,6 +125,22 @@ def test_invoke_refusals_are_one_line_statuses(
         assert ("dcf-reason", reason) in tuple(caught.value.trailing_metadata())
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [b"\xff\xff\xff", b"\x12\x05ab", b"\x0a\x02\xff\xfe"],
+    ids=["garbage", "a length past the end", "a function name not UTF-8"],
+)
+def test_a_malformed_request_is_invalid_argument(service, raw):
+    address = service.worker_address("hello-dcf")
+    with grpc.insecure_channel(address) as channel:
+        invoke = channel.unary_unary("/dcf.v1.Worker/Invoke")
+        with pytest.raises(grpc.RpcError) as caught:
+            invoke(raw, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "a request message is not a valid dcf.v1.InvokeRequest"
+    assert worker_invoke(address, "hello-dcf", b"still").output == b"still"
+
+
 def test_an_input_over_one_chunk_is_refused_by_the_worker(service):
     """Worker.Invoke takes what fits in one message of the worker's: a chunk and change."""
     with pytest.raises(grpc.RpcError) as caught:
