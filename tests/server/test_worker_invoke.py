@@ -133,7 +133,9 @@ def test_invoke_refusals_are_one_line_statuses(
 def test_a_malformed_request_is_invalid_argument(service, raw):
     address = service.worker_address("hello-dcf")
     with grpc.insecure_channel(address) as channel:
-        invoke = channel.unary_unary("/dcf.v1.Worker/Invoke")
+        invoke: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            "/dcf.v1.Worker/Invoke"
+        )
         with pytest.raises(grpc.RpcError) as caught:
             invoke(raw, timeout=30)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
