@@ -478,12 +478,15 @@ class Gateway:
         A stream costs the worker a hand-off between its loop and the handler's thread
         per message, and both hops several rounds through gRPC's core; one message
         each way is what a small call needs. The caller's own InvokeRequest goes as it
-        came, when there is one. A worker that predates Worker.Invoke
+        came, when there is one and it names the function by its name. A worker that
+        predates Worker.Invoke
         (UNIMPLEMENTED, during a rolling upgrade) gets this call and the rest of its
         route's calls streamed.
         """
         if route.whole_calls:
-            request = whole.encoded
+            # The caller's bytes go as they came when they name the function as its
+            # workers know it for certain: by its name, not an alias.
+            request = whole.encoded if header.function == fn.name else None
             if request is None:
                 request = dcf_pb2.InvokeRequest(
                     function=fn.name, input=bytes(whole.data), params=header.params

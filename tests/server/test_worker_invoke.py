@@ -318,3 +318,14 @@ def test_params_beside_a_small_input_reach_the_worker_either_way(service, size):
         service.gateway(channel).Invoke(request, timeout=30)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details() == "hello-dcf: unknown param p (it takes no params)"
+
+
+def test_an_alias_is_answered_as_the_name_is(service):
+    """A caller naming ssd by its alias gets the same bytes as by its name."""
+    with service.channel() as channel:
+        stub = service.gateway(channel)
+        by_name = stub.Invoke(dcf_pb2.InvokeRequest(function="ssd", input=photo()), timeout=60)
+        by_alias = stub.Invoke(
+            dcf_pb2.InvokeRequest(function="ssd-test", input=photo()), timeout=60
+        )
+    assert by_alias == by_name and json.loads(by_name.output)["detections"]
