@@ -137,17 +137,27 @@ async def upstream_status(
 
     A write that loses the race with the peer's own status (it refused the input
     early, or crashed) stamps the call INTERNAL locally; the peer's status still
-    arrives a moment later and replaces it. Wait for that; a peer that sent none
-    vanished, which is UNAVAILABLE.
+    arrives a moment later and replaces it. Wait for that. A call whose deadline
+    has passed ended for that reason (the peer, told the same deadline, only
+    cancels: it sends no status); a peer that sent none otherwise vanished, which
+    is UNAVAILABLE.
     """
     code, details = exc.code(), exc.details() or ""
     if code != grpc.StatusCode.INTERNAL or details != _CORE_WRITE_ERROR:
         return code, details
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_seconds
-    while loop.time() < deadline:
+    while not _expired(call) and loop.time() < deadline:
         await asyncio.sleep(0.01)
         code, details = await call.code(), await call.details() or ""
         if code != grpc.StatusCode.INTERNAL or details != _CORE_WRITE_ERROR:
             return code, details
+    if _expired(call):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
     return grpc.StatusCode.UNAVAILABLE, "the upstream ended the call without a status"
+
+
+def _expired(call: grpc.aio.Call) -> bool:
+    """Whether ``call`` had a deadline, and it has passed."""
+    remaining = call.time_remaining()
+    return remaining is not None and remaining <= 0
