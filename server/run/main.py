@@ -49,7 +49,7 @@ from server.rpc.server import serve, servicer_adder
 from server.run.cli import build_parser, settings_from
 from server.run.live import Live
 from server.run.reload import Folders, RegistryFile
-from server.run.sockets import WorkerSockets
+from server.run.sockets import WorkerSockets, leave_socket_directory
 from server.run.supervisor import Supervisor, WorkerProcess, local_port
 from server.telemetry import logs, tracing
 from server.telemetry.relay import relay_local_workers
@@ -76,15 +76,17 @@ def _stop_event() -> asyncio.Event:
     return stop
 
 
-async def _watch_parent(stop: asyncio.Event) -> None:
-    """Stop when the process that started us is gone (the supervisor was killed)."""
+async def _watch_parent(stop: asyncio.Event) -> bool:
+    """Stop when the process that started us is gone (the supervisor was killed);
+    True if that is why we stop."""
     parent = os.getppid()
     while not stop.is_set():
         if os.getppid() != parent:
             log.warning("parent process %d is gone; stopping", parent)
             stop.set()
-            return
+            return True
         await asyncio.sleep(1)
+    return False
 
 
 async def run_worker(
@@ -132,9 +134,13 @@ async def run_worker(
             await stop.wait()
             log.info("worker %s stopping", name)
     finally:
+        orphaned = watchdog is not None and watchdog.done() and watchdog.result()
         if watchdog is not None:
             watchdog.cancel()
         servicer.close()
+        if orphaned and unix_socket:
+            # The gateway that made the sockets' directory is gone and cannot remove it.
+            leave_socket_directory(unix_socket)
     return 0
 
 

@@ -7,12 +7,16 @@ its registry port: the gateway routes there, while the port still serves anyone
 who calls the worker directly (tests, ``grpcurl``, a gateway elsewhere).
 
 The directory is private to the user (mode 0700) and removed when the gateway
-stops. Workers that speak TLS keep TCP: their certificates name a host, not a path.
+stops. A gateway that is killed cannot remove it; its workers then stop too
+(``--exit-with-parent``), and the last one out removes it. Workers that speak
+TLS keep TCP: their certificates name a host, not a path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import replace
@@ -50,3 +54,12 @@ class WorkerSockets:
     def close(self) -> None:
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
+
+
+def leave_socket_directory(path: str) -> None:
+    """A worker whose gateway is gone, stopping: its socket file goes, and the directory
+    with it once it is empty (the last worker out)."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(path))

@@ -329,3 +329,23 @@ def test_an_alias_is_answered_as_the_name_is(service):
             dcf_pb2.InvokeRequest(function="ssd-test", input=photo()), timeout=60
         )
     assert by_alias == by_name and json.loads(by_name.output)["detections"]
+
+
+def test_a_killed_gateway_leaves_no_socket_directory(tmp_path):
+    """SIGKILL gives the gateway no chance to clean up: its workers, seeing it gone,
+    stop, and the last one out removes the sockets' directory."""
+    before = set(Path(tempfile.gettempdir()).glob("dcf-workers-*"))
+    running = start_service(tmp_path, args=["--no-http"])
+    try:
+        made = set(Path(tempfile.gettempdir()).glob("dcf-workers-*")) - before
+        assert len(made) == 1
+        (directory,) = made
+        assert len(list(directory.iterdir())) == len(running.document["functions"])
+        running.process.send_signal(signal.SIGKILL)
+        running.process.wait(30)
+        deadline = time.monotonic() + 30
+        while directory.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not directory.exists(), list(directory.iterdir())
+    finally:
+        running.stop()
