@@ -316,8 +316,7 @@ class Gateway:
         its answer comes back as it was sent (server/rpc/wire.py); otherwise the
         request is decoded and the answer encoded, as ``invoke`` does."""
         head, data = stream.split_invoke(raw)
-        whole = Whole(data, raw if isinstance(data, memoryview) else None)
-        answer = await self._answer(head.function, whole, head.params, context, front)
+        answer = await self._answer(head.function, Whole(data, raw), head.params, context, front)
         if isinstance(answer, Encoded):
             return answer.raw
         return stream.encode_answer(*answer)
