@@ -21,6 +21,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, I
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from handlers.base import Param
 from handlers.errors import DeadlineExceeded, InvalidInput, Overloaded
@@ -85,7 +86,16 @@ class Encoded:
     size: int
 
 
-Response = dcf_pb2.CallResponse | Encoded
+@dataclass(frozen=True)
+class EncodedChunk:
+    """A worker's CallResponse holding a chunk of its answer, as it came (``raw``),
+    passed on undecoded; ``chunk``: the chunk, a view of ``raw``."""
+
+    raw: bytes
+    chunk: memoryview
+
+
+Response = dcf_pb2.CallResponse | Encoded | EncodedChunk
 
 
 class Gateway:
@@ -178,14 +188,15 @@ class Gateway:
     async def call(
         self,
         header: dcf_pb2.CallHeader,
-        chunks: AsyncIterator[bytes] | Whole,
+        chunks: AsyncIterator[stream.Data] | Whole,
         context: grpc.aio.ServicerContext,
         front: str = CALL_SPAN,
     ) -> AsyncGenerator[Response, None]:
         """One call, whatever the front: resolve, admit, relay, and account for it.
 
         ``chunks``: the input as it arrives, or ``Whole`` (the unary fronts'); a whole
-        input may be answered ``Encoded``, in one piece.
+        input may be answered ``Encoded``, in one piece. The answer's chunks come as
+        the worker encoded them (``EncodedChunk``).
         The caller gets a request id in its trailing metadata (its own
         ``x-request-id`` if it sent one), whatever the outcome; the worker gets the
         same id. Trailing, because forcing initial metadata out costs a round of its
@@ -212,7 +223,7 @@ class Gateway:
                             memoryview(chunks.data)
                         )
                         sizes[0] = len(chunks.data)
-                        counted: AsyncIterator[bytes] | Whole = chunks
+                        counted: AsyncIterator[stream.Data] | Whole = chunks
                     else:
                         counted = self._counted(chunks, fn, sizes)
                     relayed = self.relay(fn, header, counted, deadline, request_id, route, trace)
@@ -229,8 +240,8 @@ class Gateway:
             self._account(request_id, name, label, code, started, sizes, trace.trace_id)
 
     async def _counted(
-        self, chunks: AsyncIterator[bytes], fn: FunctionConfig, sizes: list[int]
-    ) -> AsyncIterator[bytes]:
+        self, chunks: AsyncIterator[stream.Data], fn: FunctionConfig, sizes: list[int]
+    ) -> AsyncIterator[stream.Data]:
         """The input, counted into ``sizes[0]``: TooLarge the moment it passes the limit,
         DeadlineExceeded when the caller idles or crawls (server/gateway/pace.py)."""
         settings = self.settings
@@ -335,7 +346,7 @@ class Gateway:
         header.params.update(params)
         limit = self.settings.max_invoke_bytes
         content_type = ""
-        body: list[bytes] = []
+        body: list[stream.Data] = []
         encoded: Encoded | None = None
         held = 0
         try:
@@ -351,11 +362,13 @@ class Gateway:
                         self._unary.grow(len(response.raw))
                         held += len(response.raw)
                         continue
-                    kind = response.WhichOneof("kind")
-                    if kind == "header":
+                    if isinstance(response, EncodedChunk):
+                        piece: stream.Data = response.chunk
+                    elif (kind := response.WhichOneof("kind")) == "header":
                         content_type = response.header.content_type
                         continue
-                    piece = response.chunk if kind == "chunk" else response.result
+                    else:
+                        piece = response.chunk if kind == "chunk" else response.result
                     self._unary.grow(len(piece))
                     held += len(piece)
                     body.append(piece)
@@ -386,7 +399,7 @@ class Gateway:
         self,
         fn: FunctionConfig,
         header: dcf_pb2.CallHeader,
-        chunks: AsyncIterator[bytes] | Whole,
+        chunks: AsyncIterator[stream.Data] | Whole,
         deadline: Deadline,
         request_id: str = "",
         route: Route | None = None,
@@ -425,7 +438,7 @@ class Gateway:
                 else:
                     assert replay is not None
                     tried = self._attempt(
-                        route.stub, fn, header, replay, deadline, request_id, span.headers()
+                        route, fn, header, replay, deadline, request_id, span.headers()
                     )
                 try:
                     async for response in tried:
@@ -505,7 +518,7 @@ class Gateway:
         replay = ReplayableInput(_aiter([whole.data]), len(whole.data))
         try:
             async for response in self._attempt(
-                route.stub, fn, header, replay, deadline, request_id, trace_headers
+                route, fn, header, replay, deadline, request_id, trace_headers
             ):
                 yield response
         finally:
@@ -537,21 +550,30 @@ class Gateway:
 
     async def _attempt(
         self,
-        stub: dcf_pb2_grpc.WorkerStub,
+        route: Route,
         fn: FunctionConfig,
         header: dcf_pb2.CallHeader,
         replay: ReplayableInput,
         deadline: Deadline,
         request_id: str,
         trace_headers: list[tuple[str, str]],
-    ) -> AsyncIterator[dcf_pb2.CallResponse]:
-        """One streaming call to one worker, relaying both ways at once."""
+    ) -> AsyncIterator[dcf_pb2.CallResponse | EncodedChunk]:
+        """One streaming call to one worker, relaying both ways at once.
+
+        Its messages stay encoded both ways: the input's chunks go up encoded once
+        (framing ``send_call``), the answer's chunks come down as the worker sent them;
+        only the other responses (header, result, failure) are decoded."""
         metadata = ((REQUEST_ID, request_id), *self._door, *trace_headers)
-        call = stub.Call(timeout=deadline.left(), metadata=metadata)
+        call = route.call(timeout=deadline.left(), metadata=metadata)
         upstream = asyncio.create_task(self._send(call, fn, header, replay.chunks()))
-        answer = UpstreamReader(call)
+        answer: UpstreamReader[bytes] = UpstreamReader(call)
         try:
-            while (response := await answer.next()) is not None:
+            while (raw := await answer.next()) is not None:
+                chunk = wire.sole(raw, stream.RESPONSE_CHUNK)
+                if chunk is not None:
+                    yield EncodedChunk(raw, chunk)
+                    continue
+                response = _response_of(fn, raw)
                 if response.WhichOneof("kind") == "failure":
                     raise errors.failure_error(response.failure)
                 yield response
@@ -577,7 +599,7 @@ class Gateway:
         call: grpc.aio.StreamStreamCall,
         fn: FunctionConfig,
         header: dcf_pb2.CallHeader,
-        chunks: AsyncIterator[bytes],
+        chunks: AsyncIterator[stream.Data],
     ) -> None:
         """Write the header and chunks to the worker; on a rule broken, cancel it and raise."""
         forwarded = dcf_pb2.CallHeader(function=fn.name, collect=header.collect)
@@ -619,17 +641,22 @@ class GatewayServicer(dcf_pb2_grpc.GatewayServicer):
 
     async def Call(
         self,
-        request_iterator: AsyncIterator[dcf_pb2.CallRequest],
+        request_iterator: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[dcf_pb2.CallResponse]:
+    ) -> AsyncIterator[dcf_pb2.CallResponse | bytes]:
+        """Its requests come undecoded and its answer's chunks go as the worker
+        encoded them (server/rpc/server.py): a chunk is never decoded here."""
         failure: BaseException | None = None
         chunks = None
         try:
             header = await stream.read_header(request_iterator)
             chunks = stream.read_chunks(request_iterator)
             async for response in self._gateway.call(header, chunks, context):
-                assert isinstance(response, dcf_pb2.CallResponse)  # a stream is never Encoded
-                yield response
+                if isinstance(response, EncodedChunk):
+                    yield response.raw  # passed on as the worker encoded it
+                else:
+                    assert isinstance(response, dcf_pb2.CallResponse)  # a stream is never Encoded
+                    yield response
         except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
             failure = exc
         if failure is not None:
@@ -717,7 +744,20 @@ def _size_of(response: Response) -> int:
     """The output bytes a response carries."""
     if isinstance(response, Encoded):
         return response.size
+    if isinstance(response, EncodedChunk):
+        return len(response.chunk)
     return len(response.chunk) + len(response.result)
+
+
+def _response_of(fn: FunctionConfig, raw: bytes) -> dcf_pb2.CallResponse:
+    """A worker's response other than a chunk, decoded; INTERNAL if it is not one."""
+    try:
+        return dcf_pb2.CallResponse.FromString(raw)
+    except DecodeError:
+        log.error("%s: a worker answered a malformed CallResponse", fn.name)
+        raise errors.CallError(
+            grpc.StatusCode.INTERNAL, f"{fn.name}: the worker's answer is malformed"
+        ) from None
 
 
 def _waiting_in(admission: Admission) -> Callable[[], float]:
@@ -732,6 +772,6 @@ def _input_error(upstream: asyncio.Task[None]) -> BaseException | None:
     return None
 
 
-async def _aiter(items: Iterable[bytes | memoryview]) -> AsyncIterator[bytes]:
+async def _aiter(items: Iterable[stream.Data]) -> AsyncIterator[stream.Data]:
     for item in items:
-        yield bytes(item)
+        yield item

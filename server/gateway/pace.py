@@ -19,18 +19,19 @@ import collections
 from collections.abc import AsyncIterator
 
 from handlers.errors import DeadlineExceeded
+from server.rpc.framing import Data
 
 # The window the rate is measured over, and the grace before it is: seconds of waiting.
 RATE_WINDOW_SECONDS = 10.0
 
 
 async def paced(
-    chunks: AsyncIterator[bytes],
+    chunks: AsyncIterator[Data],
     function: str,
     idle_seconds: float,
     min_bytes_per_second: int,
     window_seconds: float = RATE_WINDOW_SECONDS,
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[Data]:
     """``chunks``, raising DeadlineExceeded when the caller idles or crawls."""
     loop = asyncio.get_running_loop()
     waited = 0.0  # seconds spent waiting for the caller, in all

@@ -19,14 +19,16 @@ import asyncio
 import collections
 from collections.abc import AsyncIterator
 
+from server.rpc.framing import Data
+
 
 class ReplayableInput:
     """The chunks of ``source``, readable from the start by each attempt in turn."""
 
-    def __init__(self, source: AsyncIterator[bytes], limit: int) -> None:
+    def __init__(self, source: AsyncIterator[Data], limit: int) -> None:
         self._source = source
         self._limit = limit
-        self._record: collections.deque[bytes] = collections.deque()
+        self._record: collections.deque[Data] = collections.deque()
         self._first = 0  # the index in the input of self._record[0]
         self._bytes = 0
         self._spent = False  # more arrived than is kept: no attempt may start over
@@ -39,7 +41,7 @@ class ReplayableInput:
         """True while a new attempt can still be given the whole input."""
         return not self._spent
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncIterator[Data]:
         """The whole input from its first chunk; raises what reading the source raised."""
         if self._spent:
             raise RuntimeError("the input was already spent")

@@ -21,10 +21,9 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 
 import grpc
 
-from protos.dcf.v1 import dcf_pb2_grpc
 from server.config import FunctionConfig
 from server.rpc.address import split
-from server.rpc.server import message_options
+from server.rpc.server import encoded, message_options
 
 
 def channel_target(addresses: Iterable[str]) -> str:
@@ -57,6 +56,7 @@ def channel_target(addresses: Iterable[str]) -> str:
 
 
 WORKER_INVOKE = "/dcf.v1.Worker/Invoke"
+WORKER_CALL = "/dcf.v1.Worker/Call"
 
 # round_robin over every address, leaving out workers whose health check fails.
 SERVICE_CONFIG = json.dumps(
@@ -77,9 +77,12 @@ class Route:
     def __init__(self, workers: tuple[str, ...], channel: grpc.aio.Channel, target: str) -> None:
         self.workers = workers
         self.channel = channel
-        self.stub = dcf_pb2_grpc.WorkerStub(channel)
-        # Worker.Invoke with its messages left encoded: bytes in, bytes out.
+        # Worker.Invoke and Worker.Call with their messages left encoded, bytes in and
+        # out: the gateway passes payloads on undecoded (server/rpc/wire.py).
         self.invoke: grpc.aio.UnaryUnaryMultiCallable = channel.unary_unary(WORKER_INVOKE)
+        self.call: grpc.aio.StreamStreamMultiCallable = channel.stream_stream(
+            WORKER_CALL, request_serializer=encoded
+        )
         self.target = target
         self.leases = 0
         self.retired = False
@@ -203,10 +206,6 @@ class Routes:
             yield route
         finally:
             route.give()
-
-    def stub(self, name: str) -> dcf_pb2_grpc.WorkerStub | None:
-        route = self._routes.get(name)
-        return route.stub if route is not None else None
 
     def target(self, name: str) -> str:
         route = self._routes.get(name)

@@ -12,13 +12,12 @@ finishes on its own.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 
-from protos.dcf.v1 import dcf_pb2
-
 _END = object()
+R = TypeVar("R")
 
 
 class _Raised:
@@ -26,10 +25,10 @@ class _Raised:
         self.exc = exc
 
 
-class UpstreamReader:
+class UpstreamReader(Generic[R]):
     """Responses of ``call``, one at a time, read ahead by at most one message."""
 
-    def __init__(self, call: grpc.aio.StreamStreamCall) -> None:
+    def __init__(self, call: grpc.aio.StreamStreamCall[Any, R]) -> None:
         self._call = call
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
         self._closed = False
@@ -46,7 +45,7 @@ class UpstreamReader:
             if not self._closed:
                 await self._queue.put(_Raised(exc))
 
-    async def next(self) -> dcf_pb2.CallResponse | None:
+    async def next(self) -> R | None:
         """The next response, None at the end; raises what reading the call raised."""
         item = await self._queue.get()
         if item is _END:

@@ -145,13 +145,11 @@ class Relay:
 
     def __init__(
         self,
-        stub: dcf_pb2_grpc.GatewayStub,
-        call: grpc.aio.StreamStreamCall[dcf_pb2.CallRequest, dcf_pb2.CallResponse],
+        call: grpc.aio.StreamStreamCall[bytes, dcf_pb2.CallResponse],
         request: Request,
         name: str,
         trace: tracing.Span = tracing.NOOP,
     ) -> None:
-        self.stub = stub
         self.call = call
         self.name = name
         self.trace = trace  # the call's span here, ended with the relay
@@ -301,10 +299,9 @@ async def call_function(request: Request) -> Response:
         metadata, request_id = call_metadata(request)
     except errors.CallError as exc:
         return call_error_response(exc)
-    stub: dcf_pb2_grpc.GatewayStub = request.app.state.gateway
     trace = tracing.server_span(CALL_ROUTE, request.headers, request_id, function=loggable(name))
-    call = stub.Call(timeout=timeout, metadata=[*metadata, *trace.headers()])
-    relay = Relay(stub, call, request, name, trace)
+    call = request.app.state.gateway_call(timeout=timeout, metadata=[*metadata, *trace.headers()])
+    relay = Relay(call, request, name, trace)
     header = dcf_pb2.CallHeader(function=name)
     header.params.update(params)
     relay.start(header)

@@ -36,6 +36,9 @@ from server.http.body import BodyLimits
 from server.http.guard import BrowserGuard, BrowserPolicy
 from server.http.options import FrontOptions, origin_of, origin_text
 from server.rpc import status as errors
+from server.rpc.server import encoded
+
+GATEWAY_CALL = "/dcf.v1.Gateway/Call"
 
 if TYPE_CHECKING:
     pass
@@ -84,6 +87,12 @@ def create_app(
         else:
             channel = grpc.aio.secure_channel(gateway_address, credentials, options=channel_args)
         app.state.gateway = dcf_pb2_grpc.GatewayStub(channel)
+        # Gateway.Call taking encoded chunks as they are (framing ``send_call``).
+        app.state.gateway_call = channel.stream_stream(
+            GATEWAY_CALL,
+            request_serializer=encoded,
+            response_deserializer=dcf_pb2.CallResponse.FromString,
+        )
         app.state.inference = inference_grpc.GRPCInferenceServiceStub(channel)
         try:
             yield

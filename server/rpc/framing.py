@@ -7,7 +7,7 @@ the moment it is crossed, without reading the rest).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import TypeVar
 
 import grpc
@@ -16,35 +16,54 @@ from handlers.base import Params
 from handlers.errors import InvalidInput, TooLarge
 from protos.dcf.v1 import dcf_pb2
 from server.rpc import wire
-from server.rpc.server import Malformed, decode
+from server.rpc.server import decode
+
+# The chunk fields of CallRequest and CallResponse (protos/dcf/v1/dcf.proto).
+REQUEST_CHUNK = dcf_pb2.CallRequest.DESCRIPTOR.fields_by_name["chunk"].number
+RESPONSE_CHUNK = dcf_pb2.CallResponse.DESCRIPTOR.fields_by_name["chunk"].number
+
+Data = bytes | memoryview
 
 
-async def read_header(requests: AsyncIterator[dcf_pb2.CallRequest]) -> dcf_pb2.CallHeader:
-    """The first message, which must be a header naming a function."""
+async def read_header(requests: AsyncIterator[bytes]) -> dcf_pb2.CallHeader:
+    """The first message, which must be a header naming a function.
+
+    ``requests`` are the stream's messages undecoded (``RAW_REQUESTS``), so that the
+    chunks after the header need not be decoded (``read_chunks``)."""
     try:
         first = await anext(requests)
     except StopAsyncIteration:
         raise InvalidInput("empty stream: the first message must be a header") from None
-    if isinstance(first, Malformed):
-        raise InvalidInput(first.message)
-    if first.WhichOneof("kind") != "header":
+    request = decode(dcf_pb2.CallRequest, first)
+    if request.WhichOneof("kind") != "header":
         raise InvalidInput("the first message must be a header naming the function")
-    if not first.header.function:
+    if not request.header.function:
         raise InvalidInput("the header names no function")
-    return first.header
+    return request.header
 
 
-async def read_chunks(requests: AsyncIterator[dcf_pb2.CallRequest]) -> AsyncIterator[bytes]:
-    """The chunks after the header."""
-    async for request in requests:
-        if request.WhichOneof("kind") != "chunk":
-            if isinstance(request, Malformed):
-                raise InvalidInput(request.message)
-            raise InvalidInput("a header may only be the first message of a stream")
-        yield request.chunk
+async def read_chunks(requests: AsyncIterator[bytes]) -> AsyncIterator[Data]:
+    """The chunks after the header, each a view of the message it came in: a chunk is
+    read out of its CallRequest uncopied (server/rpc/wire.py), where decoding the
+    message and reading its field would copy it twice."""
+    async for raw in requests:
+        chunk = wire.sole(raw, REQUEST_CHUNK)
+        if chunk is None:  # any other framing protobuf reads as a chunk is one too
+            request = decode(dcf_pb2.CallRequest, raw)
+            if request.WhichOneof("kind") != "chunk":
+                raise InvalidInput("a header may only be the first message of a stream")
+            chunk = memoryview(request.chunk)
+        yield chunk
 
 
-Chunk = TypeVar("Chunk", bytes, memoryview)
+def encode_chunk(field: int, chunk: Data) -> bytes:
+    """A CallRequest or CallResponse holding only ``chunk`` (``field``: its chunk field),
+    encoded with one copy of the chunk, where building the message and encoding it
+    copies it three times."""
+    return wire.with_field(field, chunk, b"")
+
+
+Chunk = TypeVar("Chunk", bound=bytes | memoryview)
 
 
 class InputLimit:
@@ -89,8 +108,8 @@ def output_too_large(function: str, limit: int) -> TooLarge:
 
 
 async def limited(
-    chunks: AsyncIterator[bytes], function: str, max_bytes: int
-) -> AsyncIterator[bytes]:
+    chunks: AsyncIterator[Data], function: str, max_bytes: int
+) -> AsyncIterator[Data]:
     """``chunks``, raising TooLarge as soon as more than ``max_bytes`` pass."""
     limit = InputLimit(function, max_bytes)
     async for chunk in chunks:
@@ -109,30 +128,20 @@ def check_params(function: str, given: Mapping[str, str], accepted: Mapping[str,
 async def send_call(
     call: grpc.aio.StreamStreamCall,
     header: dcf_pb2.CallHeader,
-    chunks: AsyncIterator[bytes],
+    chunks: AsyncIterator[Data],
     chunk_bytes: int = 0,
 ) -> None:
     """Write a Call stream to the next hop: ``header``, each non-empty chunk (cut to at
-    most ``chunk_bytes``, if given), then the half-close. What the writes raise when
-    the peer has ended the call is the caller's to handle."""
+    most ``chunk_bytes``, if given: a worker takes messages of about its own
+    ``chunk_bytes`` only), then the half-close. ``call`` must pass bytes on as they
+    are (server/rpc/server.py ``encoded``): the chunks go encoded (``encode_chunk``).
+    What the writes raise when the peer has ended the call is the caller's to handle."""
     await call.write(dcf_pb2.CallRequest(header=header))
     async for chunk in chunks:
-        for piece in resplit(chunk, chunk_bytes) if chunk_bytes else (chunk,):
+        for piece in split(chunk, chunk_bytes) if chunk_bytes else (chunk,):
             if piece:
-                await call.write(dcf_pb2.CallRequest(chunk=piece))
+                await call.write(encode_chunk(REQUEST_CHUNK, piece))
     await call.done_writing()
-
-
-def resplit(chunk: bytes, size: int) -> Iterable[bytes]:
-    """``chunk`` as pieces of at most ``size`` bytes, for the next hop.
-
-    Callers choose their own chunk sizes; a worker takes messages of about its
-    ``chunk_bytes`` only, so the gateway cuts bigger chunks before passing them on
-    (without a copy for the usual chunk, which is small enough already).
-    """
-    if len(chunk) <= size:
-        return (chunk,)
-    return [bytes(piece) for piece in split(chunk, size)]
 
 
 def split(data: bytes | memoryview, size: int) -> list[memoryview]:

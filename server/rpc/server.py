@@ -33,18 +33,16 @@ M = TypeVar("M", bound=protobuf_message.Message)
 
 
 class Malformed:
-    """What a request that is not a valid message of its type decodes to.
+    """What a unary request that is not a valid message of its type decodes to.
 
     gRPC would answer a message that fails to parse with UNKNOWN; it is the caller's
-    bad input, INVALID_ARGUMENT. Unary methods are refused before the servicer runs;
-    a stream hands this to the servicer, whose framing (server/rpc/framing.py) refuses it.
+    bad input, INVALID_ARGUMENT, and the method is refused before the servicer runs.
+    Streams (Call) take their messages undecoded and refuse a malformed one in their
+    framing (server/rpc/framing.py).
     """
 
     def __init__(self, type_name: str) -> None:
         self.message = f"a request message is not a valid {type_name}"
-
-    def WhichOneof(self, _group: str) -> None:
-        return None
 
 
 def decode(message_type: type[M], raw: bytes) -> M:
@@ -87,18 +85,21 @@ def _refusing_malformed(
     return unary
 
 
-def _encoded(response: Any) -> bytes:
-    """A response's bytes: a message encoded, or bytes a servicer passes on as they came."""
-    return response if isinstance(response, bytes) else response.SerializeToString()
+def encoded(message: Any) -> bytes:
+    """A message's bytes: a message encoded, or bytes passed on as they are (a
+    servicer's answer, or a request on its way to the next hop, encoded already)."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
 
 
 def servicer_adder(servicer: object, service: ServiceDescriptor) -> Adder:
     """Registers ``servicer``'s methods for ``service``, malformed requests refused as
     INVALID_ARGUMENT (the generated ``add_..._to_server`` would let them be UNKNOWN).
 
-    Methods the servicer names in ``RAW_REQUESTS`` get the request's bytes undecoded,
-    to weigh a large message before paying for its decoded copy; any method may
-    answer bytes, an encoded response passed on as it is.
+    Unary methods the servicer names in ``RAW_REQUESTS`` get the request's bytes
+    undecoded, to weigh a large message before paying for its decoded copy. Streamed
+    requests always come undecoded: their framing (server/rpc/framing.py) decodes
+    what it must and reads chunks out uncopied. Any method may answer bytes, an
+    encoded response passed on as it is.
     """
     raw: frozenset[str] = getattr(servicer, "RAW_REQUESTS", frozenset())
     makers = {
@@ -112,14 +113,13 @@ def servicer_adder(servicer: object, service: ServiceDescriptor) -> Adder:
         request = message_factory.GetMessageClass(method.input_type)
         behaviour = getattr(servicer, method.name)
         deserializer = None
-        if method.name not in raw:
+        if not method.client_streaming and method.name not in raw:
             deserializer = _tolerant(request.FromString, method.input_type.full_name)
-            if not method.client_streaming:
-                behaviour = _refusing_malformed(behaviour, method.server_streaming)
+            behaviour = _refusing_malformed(behaviour, method.server_streaming)
         handlers[method.name] = makers[method.client_streaming, method.server_streaming](
             behaviour,
             request_deserializer=deserializer,
-            response_serializer=_encoded,
+            response_serializer=encoded,
         )
     generic = grpc.method_handlers_generic_handler(service.full_name, handlers)
 

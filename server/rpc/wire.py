@@ -1,12 +1,14 @@
 """The top level of an encoded protobuf message, read as spans of its bytes.
 
-The gateway passes a unary call's payload through without decoding it: an
+The gateway passes payloads through without decoding them: a unary call's
 InvokeRequest goes on to the worker as it came, and the worker's InvokeResponse
-back to the caller (server/gateway/core.py). Decoding and encoding again would
-copy a megabyte payload six times on the way; this reads only the fields' keys
-and lengths (the protobuf wire format's framing), so the payload is never copied
-here. What the fields mean stays protobuf's to decode: ``without`` hands back the
-small fields as a message of their own, for ``FromString``.
+back to the caller; a streamed call's chunks are read out of their CallRequests
+(``sole``) and the worker's CallResponse chunks go back as they came
+(server/gateway/core.py). Decoding and encoding again would copy a megabyte
+payload six times on the way; this reads only the fields' keys and lengths (the
+protobuf wire format's framing), so the payload is never copied here. What the
+fields mean stays protobuf's to decode: ``without`` hands back the small fields as
+a message of their own, for ``FromString``.
 """
 
 from __future__ import annotations
@@ -77,6 +79,20 @@ def without(raw: bytes | memoryview, number: int) -> tuple[memoryview, bytes]:
         else:
             value = view[begins:end]
     return value, b"".join(rest)
+
+
+def sole(raw: bytes | memoryview, number: int) -> memoryview | None:
+    """The value of length-delimited field ``number``, uncopied, when it is the message's
+    only field; None for any other message, or bytes that are not one."""
+    found = None
+    try:
+        for field, kind, _start, begins, end in spans(raw):
+            if found is not None or field != number or kind != LENGTH_DELIMITED:
+                return None
+            found = memoryview(raw)[begins:end]
+    except WireError:
+        return None
+    return found
 
 
 def length_of(raw: bytes | memoryview, number: int) -> int:

@@ -27,7 +27,7 @@ class Received:
         )
         self.size = 0
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | memoryview) -> None:
         self._file.write(chunk)
         self.size += len(chunk)
 

@@ -120,9 +120,12 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
 
     async def Call(
         self,
-        request_iterator: AsyncIterator[dcf_pb2.CallRequest],
+        request_iterator: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[dcf_pb2.CallResponse]:
+    ) -> AsyncIterator[dcf_pb2.CallResponse | bytes]:
+        """Its requests come undecoded (server/rpc/framing.py reads the chunks out of
+        them) and its answer's chunks go encoded by hand: a chunk is copied once each
+        way, where decoding and encoding messages copies it five times."""
         received: Received | None = None
         with self._watched(context) as (ended, watch):
             try:
@@ -135,8 +138,8 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
                     watch.waited("slot", await self._admission.acquire(context.time_remaining()))
                 except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
                     ended.outcome, ended.error = errors.code_of(exc).name, exc
-                    async for response in errors.fail_stream(context, exc, received is None):
-                        yield response
+                    async for failure in errors.fail_stream(context, exc, received is None):
+                        yield failure
                     return
                 try:
                     async for response in self._run(
@@ -241,7 +244,7 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
 
     async def _receive(
         self,
-        requests: AsyncIterator[dcf_pb2.CallRequest],
+        requests: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext,
         watch: CallWatch,
     ) -> Received:
@@ -268,12 +271,12 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
         self,
         params: Params,
         collect: bool,
-        request_iterator: AsyncIterator[dcf_pb2.CallRequest],
+        request_iterator: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext,
         received: Received | None,
         ended: _Ended,
         watch: CallWatch,
-    ) -> AsyncIterator[dcf_pb2.CallResponse]:
+    ) -> AsyncIterator[dcf_pb2.CallResponse | bytes]:
         """The call once it holds a thread: run the handler, relay its parts.
 
         Its input is ``received`` whole already, or fed to the handler as it arrives.
@@ -304,7 +307,7 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
                 else:
                     ended.bytes_out += len(item)
                     for piece in stream.split(item, self._chunk_bytes):
-                        yield dcf_pb2.CallResponse(chunk=bytes(piece))
+                        yield stream.encode_chunk(stream.RESPONSE_CHUNK, piece)
             ended.outcome = "OK"
         except Exception as exc:  # noqa: BLE001 - mapped to a status below
             failure = ended.error = exc
@@ -319,13 +322,13 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
             async for response in errors.fail_stream(context, failure, input_pending):
                 yield response
 
-    async def _feed(self, run: HandlerRun, requests: AsyncIterator[dcf_pb2.CallRequest]) -> None:
+    async def _feed(self, run: HandlerRun, requests: AsyncIterator[bytes]) -> None:
         try:
             chunks = stream.read_chunks(requests)
             async for chunk in stream.limited(
                 chunks, self._config.name, self._config.max_input_bytes
             ):
-                await run.feed(chunk)
+                await run.feed(bytes(chunk))  # handlers read bytes, not views of messages
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the handler's next read raises it

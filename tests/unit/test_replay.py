@@ -14,6 +14,7 @@ import pytest
 
 from handlers.errors import TooLarge
 from server.gateway.replay import ReplayableInput
+from server.rpc.framing import Data
 
 INPUTS = {
     "empty": [],
@@ -42,7 +43,7 @@ class Caller:
             self.gate.put_nowait(None)
 
 
-async def read_all(replay: ReplayableInput) -> list[bytes]:
+async def read_all(replay: ReplayableInput) -> list[Data]:
     return [chunk async for chunk in replay.chunks()]
 
 
@@ -51,7 +52,7 @@ async def abandoned_attempt(
 ) -> None:
     """An attempt that takes ``taken`` chunks, then is cancelled ``turns`` loop turns after
     the caller sends its next one."""
-    got: list[bytes] = []
+    got: list[Data] = []
 
     async def attempt() -> None:
         async for chunk in replay.chunks():
@@ -76,7 +77,7 @@ async def abandoned_attempt(
 @pytest.mark.parametrize("turns", range(6))
 @pytest.mark.parametrize("taken", range(3))
 def test_a_retry_gets_the_whole_input_whenever_the_first_attempt_was_cancelled(name, turns, taken):
-    async def scenario() -> list[bytes]:
+    async def scenario() -> list[Data]:
         caller = Caller(INPUTS[name])
         replay = ReplayableInput(caller.stream(), limit=1 << 20)
         await abandoned_attempt(replay, caller, taken, turns)
