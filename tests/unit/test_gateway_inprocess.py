@@ -199,6 +199,42 @@ def test_a_malformed_stream_is_invalid_argument_with_its_reason(case):
     asyncio.run(scenario())
 
 
+# Chunk messages framed otherwise than protobuf encodes them, each with the chunk
+# protobuf reads from it: the chunk is read out of a message without decoding it only
+# when that is all the message holds; any other framing is decoded, as protobuf would.
+UNKNOWN_FIELD = b"\xaa\x06\x03abc"  # field 101, which CallRequest does not know
+FRAMINGS: dict[str, tuple[bytes, bytes]] = {
+    "canonical": (chunk(b"plain").SerializeToString(), b"plain"),
+    "the chunk field twice": (
+        chunk(b"first").SerializeToString() + chunk(b"second").SerializeToString(),
+        b"second",
+    ),
+    "an unknown field after it": (chunk(b"known").SerializeToString() + UNKNOWN_FIELD, b"known"),
+    "an unknown field before it": (UNKNOWN_FIELD + chunk(b"later").SerializeToString(), b"later"),
+    "an empty chunk field": (b"\x12\x00", b""),
+}
+
+
+@pytest.mark.parametrize("hop", ["gateway", "worker"])
+def test_a_chunk_is_read_as_protobuf_reads_it_however_it_is_framed(hop):
+    async def scenario() -> None:
+        async with in_process() as dcf:
+            target = dcf.address if hop == "gateway" else dcf.workers["echo"].address
+            sent = [header("echo").SerializeToString(), *(raw for raw, _ in FRAMINGS.values())]
+            async with grpc.aio.insecure_channel(target) as channel:
+                raw_call = channel.stream_stream(
+                    f"/dcf.v1.{hop.capitalize()}/Call",
+                    request_serializer=_as_sent,
+                    response_deserializer=dcf_pb2.CallResponse.FromString,
+                )
+                answer = await collect_call_async(raw_call(iter(sent), timeout=SECONDS))
+            assert answer == ("text/plain", b"".join(data for _, data in FRAMINGS.values()), [])
+            for raw, data in FRAMINGS.values():  # what protobuf itself reads
+                assert dcf_pb2.CallRequest.FromString(raw).chunk == data
+
+    asyncio.run(scenario())
+
+
 def test_one_runs_one_waits_and_a_third_is_refused_while_the_queue_is_full():
     """``blocking`` runs one call at a time with one place in its queue."""
 

@@ -79,3 +79,26 @@ def test_an_answer_encoded_with_one_copy_decodes_as_protobuf_encodes_it(content_
     reply = dcf_pb2.InvokeResponse.FromString(raw)
     assert (reply.content_type, reply.output) == (content_type, output)
     assert wire.length_of(raw, 1) == len(output)
+
+
+@given(data=st.binary(max_size=70000))
+def test_a_message_of_one_field_gives_it_uncopied(data):
+    raw = dcf_pb2.CallRequest(chunk=data).SerializeToString()
+    value = wire.sole(raw, 2)
+    assert isinstance(value, memoryview) and value.obj is raw and bytes(value) == data
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        dcf_pb2.CallRequest(chunk=b"a").SerializeToString() * 2,  # the field twice
+        dcf_pb2.CallRequest(chunk=b"a").SerializeToString() + b"\x18\x01",  # and another
+        dcf_pb2.CallRequest(header=dcf_pb2.CallHeader(function="f")).SerializeToString(),
+        b"\x10\x01",  # the field as a varint
+        b"\x12\x05ab",  # broken framing
+        b"",  # no field at all
+    ],
+    ids=["twice", "another field", "another field only", "wrong type", "broken", "empty"],
+)
+def test_any_other_message_gives_none(raw):
+    assert wire.sole(raw, 2) is None
