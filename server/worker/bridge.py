@@ -4,7 +4,8 @@ Handlers are plain blocking code (decode, infer, encode); the event loop must st
 free for other calls and health checks. The loop side feeds input chunks into a
 bounded inbox and takes parts from a bounded outbox, so a handler never reads ahead
 of the network and never produces faster than the caller reads: memory per call is
-a few chunks, whatever the input size.
+a few chunks, whatever the input size. Neither side waits for the other unless a
+queue is empty or full.
 
 When the call ends early (the caller went away, a deadline passed, the input broke
 a limit), ``abort`` wakes the handler thread: its next read of input or write of a
@@ -19,10 +20,10 @@ answer once, which is what a small call can afford.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
+import queue
 import threading
-from collections.abc import AsyncGenerator, Coroutine, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from typing import Any
 
 from handlers.base import Function, Params, Request
@@ -30,6 +31,7 @@ from handlers.errors import Cancelled
 from server.rpc.framing import output_too_large
 
 _END = object()
+_ABORTED = object()
 
 
 class _Failure:
@@ -48,33 +50,48 @@ class Header:
 
 
 class HandlerRun:
-    """One handler invocation: ``feed`` chunks in, iterate ``outputs`` for a Header then parts."""
+    """One handler invocation: ``feed`` chunks in, iterate ``outputs`` for a Header then parts.
+
+    Each queue holds at most ``queue_size`` items not yet taken, and each hand-off
+    is one-way: the side that puts an item only waits when the queue is full, and
+    the side that takes one signals the room it made. So a handler that produces
+    parts (ssd-video's frames) carries on with its next one while the loop sends
+    the last, instead of waiting for the loop to take each from its hand.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, queue_size: int = 2) -> None:
         self._loop = loop
-        self._inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=queue_size)
-        self._outbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=queue_size)
-        self._lock = threading.Lock()
+        # Loop to thread: the thread blocks on the queue; the loop waits for room.
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._inbox_room = asyncio.Semaphore(queue_size)
+        # Thread to loop: the loop awaits the queue; the thread waits for room.
+        self._outbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._outbox_room = threading.Semaphore(queue_size)
         self._aborted = False
-        self._pending: concurrent.futures.Future[Any] | None = None
+        self.waiting = False  # whether the thread waits for input or for room now
 
     # ---- loop side -------------------------------------------------------
 
     async def feed(self, chunk: bytes) -> None:
         """Hand the handler one more chunk; waits while it is busy (flow control)."""
-        await self._inbox.put(chunk)
+        await self._put(chunk)
 
     async def end_input(self) -> None:
-        await self._inbox.put(_END)
+        await self._put(_END)
 
     async def fail_input(self, exc: BaseException) -> None:
         """The input broke a rule (too large, malformed): the handler's next read raises it."""
-        await self._inbox.put(_Failure(exc))
+        await self._put(_Failure(exc))
+
+    async def _put(self, item: Any) -> None:
+        await self._inbox_room.acquire()
+        self._inbox.put(item)
 
     async def outputs(self) -> AsyncGenerator[Any, None]:
         """A Header, then each part (bytes), until the handler is done; raises its error."""
         while True:
             item = await self._outbox.get()
+            self._outbox_room.release()
             if item is _END:
                 return
             if isinstance(item, _Failure):
@@ -83,10 +100,9 @@ class HandlerRun:
 
     def abort(self) -> None:
         """Stop the handler thread at its next read or write; safe to call twice."""
-        with self._lock:
-            self._aborted = True
-            if self._pending is not None:
-                self._pending.cancel()
+        self._aborted = True
+        self._inbox.put(_ABORTED)  # wakes a thread waiting for input
+        self._outbox_room.release()  # and one waiting for room
 
     # ---- thread side -----------------------------------------------------
 
@@ -130,7 +146,8 @@ class HandlerRun:
 
     def _chunks(self) -> Iterator[bytes]:
         while True:
-            item = self._await(self._inbox.get())
+            item = self._wait(self._inbox.get)
+            self._signal(self._inbox_room.release)
             if item is _END:
                 return
             if isinstance(item, _Failure):
@@ -138,23 +155,30 @@ class HandlerRun:
             yield item
 
     def _emit(self, item: Any) -> None:
-        self._await(self._outbox.put(item))
+        self._wait(self._outbox_room.acquire)
+        self._signal(self._outbox.put_nowait, item)
 
-    def _await(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
-        """Run a queue operation on the loop and wait for it, unless the call was aborted."""
-        with self._lock:
-            if self._aborted:
-                coroutine.close()
-                raise Cancelled()
-            future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-            self._pending = future
+    def _wait(self, take: Callable[[], Any]) -> Any:
+        """``take()``, a blocking wait on a queue or for room, unless the call was aborted
+        before or during it (Cancelled)."""
+        if self._aborted:
+            raise Cancelled()
+        self.waiting = True
         try:
-            return future.result()
-        except concurrent.futures.CancelledError:
-            raise Cancelled() from None
+            taken = take()
         finally:
-            with self._lock:
-                self._pending = None
+            self.waiting = False
+        if self._aborted:
+            raise Cancelled()
+        return taken
+
+    def _signal(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run ``callback`` on the loop, without waiting for it; Cancelled once the loop
+        is closed (the worker is stopping, and nobody reads any more)."""
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            raise Cancelled() from None
 
 
 def answer_whole(

@@ -40,13 +40,8 @@ def start(
 
 
 def blocked(run: HandlerRun) -> bool:
-    """Whether the handler thread waits on one of the run's queues now.
-
-    White box: the run keeps the queue operation its thread waits for, and only
-    while the thread waits is that operation unfinished.
-    """
-    pending = run._pending
-    return pending is not None and not pending.done()
+    """Whether the handler thread waits for input or for room for a part now."""
+    return run.waiting
 
 
 async def everything(outputs: AsyncIterator[Any]) -> list[Any]:
