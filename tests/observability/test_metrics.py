@@ -126,6 +126,12 @@ def test_a_worker_counts_its_queue_calls_in_flight_and_cancelled_calls(
             first.put(b"one")
             assert next(running).WhichOneof("kind") == "header"
             assert next(running).chunk == b"one"  # it holds the one slot
+            # More than flow control lets through unread: the handler is still echoing
+            # it when the call is cancelled, so the cancel cannot pass for the input's
+            # end (grpc.aio may end a cancelled call's input as if the caller had
+            # finished it, and an echo with all its input would then end well).
+            for _ in range(16):
+                first.put(b"x" * (1 << 20))
             waiting = stub.Call(requests(second), timeout=60)
             text = scrape_until(port, "dcf_worker_queue_depth", 1, "the second call waits", **hello)
             assert metric(text, "dcf_worker_calls_in_flight", **hello) == 1
