@@ -21,7 +21,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, I
 from dataclasses import dataclass
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from handlers.base import Param
 from handlers.errors import DeadlineExceeded, InvalidInput, Overloaded
@@ -569,11 +568,10 @@ class Gateway:
         answer: UpstreamReader[bytes] = UpstreamReader(call)
         try:
             while (raw := await answer.next()) is not None:
-                chunk = wire.sole(raw, stream.RESPONSE_CHUNK)
-                if chunk is not None:
-                    yield EncodedChunk(raw, chunk)
+                response = stream.read_response(raw, fn.name, "worker")
+                if isinstance(response, memoryview):
+                    yield EncodedChunk(raw, response)
                     continue
-                response = _response_of(fn, raw)
                 if response.WhichOneof("kind") == "failure":
                     raise errors.failure_error(response.failure)
                 yield response
@@ -747,17 +745,6 @@ def _size_of(response: Response) -> int:
     if isinstance(response, EncodedChunk):
         return len(response.chunk)
     return len(response.chunk) + len(response.result)
-
-
-def _response_of(fn: FunctionConfig, raw: bytes) -> dcf_pb2.CallResponse:
-    """A worker's response other than a chunk, decoded; INTERNAL if it is not one."""
-    try:
-        return dcf_pb2.CallResponse.FromString(raw)
-    except DecodeError:
-        log.error("%s: a worker answered a malformed CallResponse", fn.name)
-        raise errors.CallError(
-            grpc.StatusCode.INTERNAL, f"{fn.name}: the worker's answer is malformed"
-        ) from None
 
 
 def _waiting_in(admission: Admission) -> Callable[[], float]:

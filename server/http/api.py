@@ -43,7 +43,7 @@ from handlers.errors import RETRY_AFTER_SECONDS, http_status, reason_for
 from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from server.rpc import status as errors
 from server.rpc.callinfo import loggable
-from server.rpc.framing import send_call
+from server.rpc.framing import read_response, send_call
 from server.telemetry import tracing
 
 log = logging.getLogger(__name__)
@@ -183,8 +183,11 @@ class Relay:
             log.info("HTTP client went away: cancelling its call to %s", self.name)
             self.call.cancel()
 
-    async def next(self) -> dcf_pb2.CallResponse | None:
-        """The next response, None at the end; raises CallError with the call's status."""
+    async def next(self) -> dcf_pb2.CallResponse | memoryview | None:
+        """The next response, None at the end; raises CallError with the call's status.
+
+        A chunk of the answer comes as a view of its message, undecoded, as the gateway
+        passes the worker's on (framing ``read_response``); anything else decoded."""
         try:
             response = await self.call.read()
         except grpc.aio.AioRpcError as exc:
@@ -198,7 +201,9 @@ class Relay:
             raise errors.CallError(grpc.StatusCode.CANCELLED, "the call was cancelled") from None
         if response is grpc.aio.EOF:
             return None
-        message = cast(dcf_pb2.CallResponse, response)  # the stubs type EOF as any object
+        message = read_response(cast(bytes, response), self.name, "gateway")
+        if isinstance(message, memoryview):
+            return message
         if message.WhichOneof("kind") == "failure":
             raise errors.failure_error(message.failure)
         return message
@@ -218,7 +223,7 @@ class RelayResponse(Response):
         self,
         relay: Relay,
         header: dcf_pb2.ResponseHeader,
-        first: dcf_pb2.CallResponse | None,
+        first: dcf_pb2.CallResponse | memoryview | None,
         headers: Mapping[str, str],
     ) -> None:
         self.relay = relay
@@ -235,7 +240,9 @@ class RelayResponse(Response):
         if self.partial:
             self.headers["x-accel-buffering"] = "no"  # proxies: pass each line on at once
 
-    def _piece(self, response: dcf_pb2.CallResponse) -> bytes:
+    def _piece(self, response: dcf_pb2.CallResponse | memoryview) -> bytes:
+        if isinstance(response, memoryview):
+            return bytes(response)
         if self.partial:
             return response.result.rstrip(b"\r\n") + b"\n"
         return response.chunk
@@ -308,7 +315,7 @@ async def call_function(request: Request) -> Response:
     try:
         # Decide the status: wait for the header and the first piece of the answer.
         first = await relay.next()
-        if first is None or first.WhichOneof("kind") != "header":
+        if not isinstance(first, dcf_pb2.CallResponse) or first.WhichOneof("kind") != "header":
             raise errors.CallError(
                 grpc.StatusCode.INTERNAL, f"{name}: the gateway answered without a header"
             )

@@ -87,12 +87,10 @@ def create_app(
         else:
             channel = grpc.aio.secure_channel(gateway_address, credentials, options=channel_args)
         app.state.gateway = dcf_pb2_grpc.GatewayStub(channel)
-        # Gateway.Call taking encoded chunks as they are (framing ``send_call``).
-        app.state.gateway_call = channel.stream_stream(
-            GATEWAY_CALL,
-            request_serializer=encoded,
-            response_deserializer=dcf_pb2.CallResponse.FromString,
-        )
+        # Gateway.Call with its messages left encoded both ways, as the gateway's own
+        # calls to workers are: chunks go up encoded once (framing ``send_call``), and
+        # come down as they came (``Relay.next``).
+        app.state.gateway_call = channel.stream_stream(GATEWAY_CALL, request_serializer=encoded)
         app.state.inference = inference_grpc.GRPCInferenceServiceStub(channel)
         try:
             yield

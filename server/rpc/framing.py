@@ -7,16 +7,21 @@ the moment it is crossed, without reading the rest).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from handlers.base import Params
 from handlers.errors import InvalidInput, TooLarge
 from protos.dcf.v1 import dcf_pb2
 from server.rpc import wire
 from server.rpc.server import decode
+from server.rpc.status import CallError
+
+log = logging.getLogger(__name__)
 
 # The chunk fields of CallRequest and CallResponse (protos/dcf/v1/dcf.proto).
 REQUEST_CHUNK = dcf_pb2.CallRequest.DESCRIPTOR.fields_by_name["chunk"].number
@@ -54,6 +59,22 @@ async def read_chunks(requests: AsyncIterator[bytes]) -> AsyncIterator[Data]:
                 raise InvalidInput("a header may only be the first message of a stream")
             chunk = memoryview(request.chunk)
         yield chunk
+
+
+def read_response(raw: bytes, function: str, peer: str) -> dcf_pb2.CallResponse | memoryview:
+    """A Call's response as the hop that relays it reads it: a chunk as a view of its
+    message, undecoded, to be passed on as it came; anything else decoded. CallError
+    INTERNAL if it is no CallResponse (``peer``: who answered, for the reason)."""
+    chunk = wire.sole(raw, RESPONSE_CHUNK)
+    if chunk is not None:
+        return chunk
+    try:
+        return dcf_pb2.CallResponse.FromString(raw)
+    except DecodeError:
+        log.error("%s: the %s answered a malformed CallResponse", function, peer)
+        raise CallError(
+            grpc.StatusCode.INTERNAL, f"{function}: the {peer}'s answer is malformed"
+        ) from None
 
 
 def encode_chunk(field: int, chunk: Data) -> bytes:
