@@ -2,7 +2,9 @@
 
 Both read the same request stream, so both refuse a malformed one the same way
 (INVALID_ARGUMENT) and count input bytes against the same limit (RESOURCE_EXHAUSTED
-the moment it is crossed, without reading the rest).
+the moment it is crossed, without reading the rest). Whoever relays a Call (the
+gateway to its worker, the HTTP front to the gateway) writes it with ``send_call``
+and reads its answer with ``read_response``.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ Data = bytes | memoryview
 async def read_header(requests: AsyncIterator[bytes]) -> dcf_pb2.CallHeader:
     """The first message, which must be a header naming a function.
 
-    ``requests`` are the stream's messages undecoded (``RAW_REQUESTS``), so that the
-    chunks after the header need not be decoded (``read_chunks``)."""
+    ``requests`` are the stream's messages undecoded (server/rpc/server.py gives every
+    stream its messages so), so that the chunks after the header need not be decoded
+    (``read_chunks``)."""
     try:
         first = await anext(requests)
     except StopAsyncIteration:
@@ -166,7 +169,7 @@ async def send_call(
 
 
 def split(data: bytes | memoryview, size: int) -> list[memoryview]:
-    """Slices of at most ``size`` bytes without copying; one empty slice for empty data."""
+    """Slices of at most ``size`` bytes without copying; none for empty data."""
     view = memoryview(data)
     if not view:
         return []
