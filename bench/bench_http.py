@@ -19,11 +19,10 @@ from pathlib import Path
 import grpc
 import httpx
 
-try:
-    from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
-except ImportError:  # run as a script: the repository root is not on sys.path yet
+if not __package__:  # run as a script (bench/...py): the repository root is not on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
+
+from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 
 WARM_UP = 3
 

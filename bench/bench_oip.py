@@ -22,12 +22,10 @@ from pathlib import Path
 
 import grpc
 
-try:
-    from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
-except ImportError:  # run as a script: the repository root is not on sys.path yet
+if not __package__:  # run as a script (bench/...py): the repository root is not on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 
+from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 from protos.inference import grpc_predict_v2_pb2 as pb
 from protos.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 

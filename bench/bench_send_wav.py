@@ -22,14 +22,12 @@ from pathlib import Path
 import numpy as np
 from scipy.io import wavfile
 
-try:
-    from tests.support.original_send_wav import original_method
-except ImportError:  # run as a script: the repository root is not on sys.path yet
+if not __package__:  # run as a script (bench/...py): the repository root is not on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.support.original_send_wav import original_method
 
 from handlers import send_wav
 from handlers.base import Params, Request
+from tests.support.original_send_wav import original_method
 
 RATE = 44100
 CASES = (("10 s", 10.0), ("5 min", 300.0))

@@ -34,16 +34,14 @@ import grpc
 import matplotlib
 import numpy as np
 
-try:
-    from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
-except ImportError:  # run as a script: the repository root is not on sys.path yet
+if not __package__:  # run as a script (bench/...py): the repository root is not on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 
 from bench.bare import PlainSsd, all_cores
 from handlers import ssd_video
 from handlers.base import Params, Request
 from handlers.detector import compact_json
+from protos.dcf.v1 import dcf_pb2, dcf_pb2_grpc
 
 FRAMES = 10
 CHUNK = 1 << 20
