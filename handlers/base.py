@@ -215,10 +215,16 @@ class Request:
 
     ``chunks`` blocks until the next chunk arrives and raises Cancelled if the
     caller goes away; the host has already enforced the size limit.
+
+    ``path``, when not None, opens the same whole input as a file while the call
+    lasts: the host had it on disk already (a large upload received whole). A
+    handler that needs a file (FFmpeg reads a path) reads it there instead of
+    copying ``chunks`` to a file of its own; it reads one or the other, not both.
     """
 
     params: Params
     chunks: Iterator[bytes]
+    path: str | None = None
 
     def read(self) -> bytes:
         """The whole input, for functions that need all of it (an image, a WAV)."""

@@ -53,7 +53,10 @@ Choices, and why:
   decoding starts: an MP4 may keep its index (moov) at the end. The file is
   created and removed inside the parts generator, so success, an error and a
   cancelled call (the host closes the generator) all remove it. No extension is
-  needed: FFmpeg finds the container from the content.
+  needed: FFmpeg finds the container from the content. An upload the worker
+  holds on disk already (one over the 2 MiB it keeps in memory, received whole
+  before the call took a slot) comes with a path (``Request.path``) and is
+  decoded from there: a large video is on disk once, not twice.
 * A worker killed outright (SIGKILL, the OOM killer) removes nothing, so each
   worker sweeps its spool dir when it starts. A spool file is named
   ``ssd-video-<pid>-...`` after its owner and stays locked (``flock``) by it while
@@ -185,7 +188,7 @@ def create(options: Mapping[str, Any]) -> Function:
     )
 
     def handle(request: Request) -> Reply:
-        parts = _run(request.chunks, _settings(request.params), spool_dir, model, inference)
+        parts = _run(request, _settings(request.params), spool_dir, model, inference)
         return Reply(CONTENT_TYPE, parts, partial_results=True)
 
     def close() -> None:
@@ -256,7 +259,7 @@ def _restrict_ffmpeg() -> None:
 
 
 def _run(
-    chunks: Iterator[bytes],
+    request: Request,
     settings: _Settings,
     spool_dir: Path,
     model: Any,
@@ -264,14 +267,20 @@ def _run(
 ) -> Iterator[bytes]:
     """The parts generator: spool the upload, then decode, detect and yield frame by frame.
 
-    The spool file carries our pid and stays locked while it exists (see the module
-    docstring): it is unlinked before its descriptor, and so its lock, is let go.
+    An upload the host holds on disk already (``request.path``) is decoded from there,
+    not copied. Otherwise the spool file carries our pid and stays locked while it
+    exists (see the module docstring): it is unlinked before its descriptor, and so
+    its lock, is let go.
     """
+    if request.path is not None:
+        with model.call():
+            yield from _frames(request.path, settings, model, inference)
+        return
     fd, path = tempfile.mkstemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=spool_dir)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with steps.step("spool"):
-            _spool(fd, chunks)
+            _spool(fd, request.chunks)
         with model.call():
             yield from _frames(path, settings, model, inference)
     finally:

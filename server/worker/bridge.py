@@ -112,15 +112,17 @@ class HandlerRun:
         params: Params,
         collect: bool,
         chunks: Iterator[bytes] | None = None,
+        path: str | None = None,
     ) -> None:
         """The thread's body: call the handler, pass its reply out, report its error.
 
         The input comes from ``feed`` unless the call brings ``chunks`` of its own (an
-        upload received whole before the call started).
+        upload received whole before the call started), and with them, if that upload
+        is on disk, the ``path`` that opens it (``handlers.base.Request.path``).
         """
         parts = None
         try:
-            request = Request(params=params, chunks=self._chunks() if chunks is None else chunks)
+            request = Request(params, self._chunks() if chunks is None else chunks, path)
             reply = function.handle(request)
             parts = reply.parts
             partial = reply.partial_results and not collect

@@ -283,9 +283,11 @@ class WorkerServicer(dcf_pb2_grpc.WorkerServicer):
         """
         loop = asyncio.get_running_loop()
         run = HandlerRun(loop)
-        chunks = None if received is None else received.chunks(self._chunk_bytes)
+        chunks, path = None, None
+        if received is not None:
+            chunks, path = received.chunks(self._chunk_bytes), received.path()
         thread = loop.run_in_executor(
-            self._executor, watch.running(run.run), self._function, params, collect, chunks
+            self._executor, watch.running(run.run), self._function, params, collect, chunks, path
         )
         feeder = (
             asyncio.create_task(self._feed(run, request_iterator)) if received is None else None

@@ -355,6 +355,25 @@ def test_the_upload_is_spooled_chunk_by_chunk_to_a_private_file(fn, videos, spoo
     assert all(given == size for given, size in seen), seen
 
 
+def test_an_upload_the_host_holds_as_a_file_is_decoded_there_not_copied(
+    fn, videos, spool, tmp_path
+):
+    data = videos["vga"]
+    held = tmp_path / "received"
+    held.write_bytes(data)
+
+    def unread() -> Iterator[bytes]:
+        raise AssertionError("the chunks were read: the upload was copied")
+        yield b""  # pragma: no cover - a generator that fails when read
+
+    parts = []
+    for part in fn.handle(Request(Params({}), unread(), str(held))).parts:
+        assert list(spool.iterdir()) == [], "nothing spooled beside the host's file"
+        parts.append(part)
+    assert parts == list(call(fn, data).parts)
+    assert held.read_bytes() == data  # the host's file is the host's: left as it was
+
+
 def test_the_spool_file_is_removed_when_the_caller_goes_away(fn, videos, spool):
     # Mid-upload: the host's next chunk raises Cancelled.
     def cut_off() -> Iterator[bytes]:

@@ -76,6 +76,8 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
         "small": make_video(folder / "small.mp4", 12),
         "vga": make_video(folder / "vga.avi", 6, size=(640, 480), fourcc="MJPG"),
         "long": make_video(folder / "long.mp4", 60, size=(160, 120)),
+        # Over the 2 MiB a worker keeps in memory: received to disk (server/worker/received.py).
+        "large": make_video(folder / "large.avi", 64, size=(640, 480), fourcc="MJPG"),
     }
 
 
@@ -127,6 +129,29 @@ def test_results_arrive_as_each_frame_is_done(service, gateway, clips, spool):
             results += 1
     assert results == 61
     assert working_at_first_result, "the first frame's result came only once all 60 were done"
+
+
+def test_a_large_upload_is_on_disk_once_while_its_frames_are_read(service, gateway, clips, spool):
+    # The worker received it to a file; the handler decodes that file where it is
+    # rather than spooling a copy of its own.
+    data = clips["large"]
+    assert len(data) > 2 << 20
+    held_at_first_result: list[str] | None = None
+    results = []
+    for response in gateway.Call(call_requests("ssd-video", chunks(data), {"max_frames": "3"})):
+        if response.WhichOneof("kind") == "result":
+            if held_at_first_result is None:
+                held_at_first_result = held_in(service, spool)
+            results.append(json.loads(response.result))
+    # One file, however many descriptors: the worker's and the decoder's own.
+    assert held_at_first_result is not None and len(set(held_at_first_result)) == 1, (
+        held_at_first_result
+    )
+    *frames, summary = results
+    assert [f["frame"] for f in frames] == [1, 2, 3]
+    for frame in frames:
+        assert any(d["label"] == "person" and d["confidence"] >= 0.5 for d in frame["detections"])
+    assert summary == {"width": 640, "height": 480, "fps": 25.0, "frames_read": 3}
 
 
 def test_invoke_answers_one_document(gateway, clips):
