@@ -33,9 +33,13 @@ class Received:
     def __init__(self, spool_dir: str = "", in_memory_bytes: int = IN_MEMORY_BYTES) -> None:
         self._spool_dir = spool_dir or None
         self._in_memory_bytes = in_memory_bytes
-        self._file: IO[bytes] = io.BytesIO()
-        self._on_disk = False
+        self._memory = io.BytesIO()
+        self._file: IO[bytes] = self._memory  # the memory, until the upload outgrows it
         self.size = 0
+
+    @property
+    def _on_disk(self) -> bool:
+        return self._file is not self._memory
 
     def write(self, chunk: bytes | memoryview) -> None:
         if not self._on_disk and self.size + len(chunk) > self._in_memory_bytes:
@@ -46,12 +50,13 @@ class Received:
     def _move_to_disk(self) -> None:
         disk = tempfile.TemporaryFile(dir=self._spool_dir, prefix="dcf-upload-")  # noqa: SIM115 - closed by close()
         try:
-            disk.write(self._file.getbuffer())  # type: ignore[attr-defined]
+            with self._memory.getbuffer() as held:
+                disk.write(held)
         except BaseException:
             disk.close()
             raise
-        self._file.close()
-        self._file, self._on_disk = disk, True
+        self._memory.close()
+        self._file = disk
 
     def chunks(self, chunk_bytes: int) -> Iterator[bytes]:
         """The upload from its start, in pieces of at most ``chunk_bytes``."""
