@@ -265,24 +265,28 @@ def _run(
     model: Any,
     inference: concurrent.futures.Executor,
 ) -> Iterator[bytes]:
-    """The parts generator: spool the upload, then decode, detect and yield frame by frame.
+    """The parts generator: the upload as a file, then decode, detect and yield frame by frame."""
+    with _input_file(request, spool_dir) as path, model.call():
+        yield from _frames(path, settings, model, inference)
 
-    An upload the host holds on disk already (``request.path``) is decoded from there,
-    not copied. Otherwise the spool file carries our pid and stays locked while it
-    exists (see the module docstring): it is unlinked before its descriptor, and so
-    its lock, is let go.
+
+@contextlib.contextmanager
+def _input_file(request: Request, spool_dir: Path) -> Iterator[str]:
+    """A path to the whole upload: the host's own file when it has one (``request.path``,
+    never copied), else a spool file written from the chunks and removed on exit.
+
+    The spool file carries our pid and stays locked while it exists (see the module
+    docstring): it is unlinked before its descriptor, and so its lock, is let go.
     """
     if request.path is not None:
-        with model.call():
-            yield from _frames(request.path, settings, model, inference)
+        yield request.path
         return
     fd, path = tempfile.mkstemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=spool_dir)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with steps.step("spool"):
             _spool(fd, request.chunks)
-        with model.call():
-            yield from _frames(path, settings, model, inference)
+        yield path
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

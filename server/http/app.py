@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from starlette.applications import Starlette
@@ -39,9 +39,6 @@ from server.rpc import status as errors
 from server.rpc.server import encoded
 
 GATEWAY_CALL = "/dcf.v1.Gateway/Call"
-
-if TYPE_CHECKING:
-    pass
 
 
 log = logging.getLogger(__name__)

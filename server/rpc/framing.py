@@ -87,7 +87,7 @@ def encode_chunk(field: int, chunk: Data) -> bytes:
     return wire.with_field(field, chunk, b"")
 
 
-Chunk = TypeVar("Chunk", bound=bytes | memoryview)
+Chunk = TypeVar("Chunk", bound=Data)
 
 
 class InputLimit:
